@@ -1,0 +1,674 @@
+"""Host-side design of a linear mixed model: y, X, offsets, weights and the
+per-term random-effects matrices, built from a pandas DataFrame with lme4's
+conventions (``model.frame`` + ``model.matrix`` + ``mkReTrms`` checks).
+
+Conventions (as R / lme4 unless noted):
+
+* rows with a missing value in any variable the model uses (response, fixed
+  and random-term variables, grouping factors, weights, offsets) are dropped
+  (``na.omit``); so are rows where a transformation (``log(x)``) gives NaN;
+* factors: a pandas Categorical keeps its category order (unused categories
+  dropped); strings and other objects are sorted (plain Python order);
+  booleans are factors ``FALSE < TRUE``; numeric columns (integers too) stay
+  numeric; ``factor(x)`` in a formula makes a factor of any column.
+  Treatment contrasts, first level as reference; ordered Categoricals get
+  R's polynomial contrasts (``t.L``, ``t.Q``, ``t.C``, ``t^4``, ...);
+* grouping factors may have any dtype (numeric levels sort numerically);
+  an interaction ``a:b`` has one level per observed combination, sorted with
+  ``a`` varying slowest (R's ``a:b``), labelled ``"a_level:b_level"``;
+* prior weights must be finite and >= 0; rows with weight 0 raise a
+  :class:`DataError` (drop them first) because lme4's likelihood has a
+  ``log(weights)`` term;
+* rank-deficient X: columns that are (numerically) linear combinations of
+  earlier columns are dropped, as ``lme4:::chkRank.drop.cols`` does with
+  R's LINPACK QR (tolerance 1e-7 relative to the column's own norm).
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import keyword
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, FormulaError
+from .formula import ParsedFormula, group_variables, parse_formula, quote_name, tokenize
+
+__all__ = ["RandomTerm", "Design", "MatrixSpec", "build_design", "group_codes"]
+
+RANK_TOL = 1e-7
+
+
+def _transforms() -> dict:
+    from formulaic.transforms import TRANSFORMS
+
+    return TRANSFORMS
+
+
+def _context() -> dict:
+    """Names formulaic can evaluate besides data columns and its transforms."""
+    return {"factor": _r_factor}
+
+
+def _r_factor(data, levels=None):
+    """R's ``factor(x)`` for formulas: levels in R's order with R's labels (2, not 2.0)."""
+    s = data if isinstance(data, pd.Series) else pd.Series(np.asarray(data))
+    s = s.reset_index(drop=True)
+    if levels is None:
+        _, levels = _factor(s[s.notna()])
+    levels = [_label(v) for v in levels]
+    values = pd.Categorical([None if pd.isna(v) else _label(v) for v in s], categories=levels)
+    return _transforms()["C"](values)
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """Rebuilds a model matrix (fixed part or one random term) for new data."""
+
+    model_spec: object  # formulaic ModelSpec
+    columns: tuple[str, ...]  # R-style names of the kept columns
+    keep: tuple[int, ...]  # indices of the kept columns among formulaic's
+    ordered: tuple[str, ...] = ()  # ordered factors (polynomial contrasts)
+
+    def matrix(self, data) -> np.ndarray:
+        """(n, len(columns)) float64 matrix for ``data``; NaN where inputs are missing."""
+        frame = _as_frame(data)
+        prepared = pd.DataFrame({c: _new_column(frame[c]) for c in frame.columns})
+        prepared, ctx = _formulaic_inputs(prepared, self.ordered)
+        try:
+            with np.errstate(all="ignore"):
+                mm = self.model_spec.get_model_matrix(prepared, na_action="ignore", context=ctx)
+        except Exception as exc:  # formulaic's own errors
+            raise DataError(f"cannot rebuild the model matrix for new data: {_clean(exc)}") from exc
+        return np.asarray(mm, dtype=np.float64)[:, list(self.keep)]
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effects term ``(expr | group)``: per-row matrix and group codes."""
+
+    group: str  # "Subject", "cask:batch"
+    columns: tuple[str, ...]  # "(Intercept)", "Days", ...
+    Z: np.ndarray  # (n, q) float64
+    codes: np.ndarray  # (n,) int32 in 0..G-1
+    levels: tuple[str, ...]  # G level labels
+    source: str  # the bar term as written
+    spec: MatrixSpec | None = None  # rebuilds Z for new data
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything the fitter needs, on the host, as numpy arrays."""
+
+    formula: str
+    response: str
+    y: np.ndarray  # (n,)
+    X: np.ndarray  # (n, p), full column rank
+    fixef_names: tuple[str, ...]
+    dropped: tuple[str, ...]  # fixed-effect columns dropped for rank deficiency
+    terms: tuple[RandomTerm, ...]
+    weights: np.ndarray | None  # (n,) prior weights
+    offset: np.ndarray | None  # (n,) total offset
+    n_dropped: int  # rows dropped for missing values (or NaN made by transformations)
+    kept: np.ndarray  # (n,) 0-based positions of the used rows in the input
+    messages: tuple[str, ...]
+    fixed_spec: MatrixSpec  # rebuilds X for new data
+
+
+# --------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------
+
+
+def build_design(formula, data, *, weights=None, offset=None) -> Design:
+    """Build the host-side design of ``formula`` (lme4 syntax) on ``data``.
+
+    ``weights`` / ``offset`` are a column name or an array of ``len(data)``;
+    ``offset`` is added to the formula's ``offset()`` terms.
+    """
+    parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    frame = _as_frame(data)
+    n_in = len(frame)
+    used = _used_columns(parsed, frame)
+    w_in = _extra_vector(weights, frame, "weights")
+    o_in = _extra_vector(offset, frame, "offset")
+
+    na = np.zeros(n_in, dtype=bool)
+    na_counts: dict[str, int] = {}
+    for col in used:
+        m = np.asarray(pd.isna(frame[col]), dtype=bool)
+        na_counts[col] = int(m.sum())
+        na |= m
+    for label, vec in (w_in, o_in):
+        if vec is not None:
+            m = np.asarray(pd.isna(vec), dtype=bool)
+            na_counts[label] = int(m.sum())
+            na |= m
+    rows = np.flatnonzero(~na)
+    n_na = int(na.sum())
+    if rows.size == 0:
+        culprits = ", ".join(f"{k} ({v} missing)" for k, v in na_counts.items() if v)
+        raise DataError(
+            f"no rows left after dropping rows with missing values"
+            f"{' (input has 0 rows)' if n_in == 0 else ''}; missing values in: {culprits or '-'}"
+        )
+
+    n_nan = 0
+    for _ in range(3):
+        built = _build(parsed, frame, rows, used, w_in, o_in)
+        bad = built.pop("nan_rows")
+        if not bad.any():
+            break
+        n_nan += int(bad.sum())
+        rows = rows[~bad]
+        if rows.size == 0:
+            raise DataError("no rows left after dropping rows where transformations give NaN")
+    else:  # pragma: no cover - transformations that keep creating NaN
+        raise DataError("transformations in the formula keep producing NaN values")
+
+    n = rows.size
+    terms = built["terms"]
+    _check_levels(terms, n)
+
+    messages = []
+    if n_na:
+        messages.append(f"{n_na} row{'s' if n_na != 1 else ''} with missing values dropped")
+    if n_nan:
+        messages.append(
+            f"{n_nan} row{'s' if n_nan != 1 else ''} dropped where transformations in the formula give NaN"
+        )
+    X, names, dropped, keep_cols = _drop_redundant(built["X"], built["x_names"])
+    if dropped:
+        k = len(dropped)
+        s = "s" if k != 1 else ""
+        messages.append(
+            f"fixed-effect model matrix is rank deficient so dropping {k} column{s} / "
+            f"coefficient{s}: {', '.join(dropped)}"
+        )
+    fixed_spec = replace(built["x_spec"], columns=tuple(names), keep=tuple(keep_cols))
+    return Design(
+        formula=parsed.formula,
+        response=parsed.response,
+        y=built["y"],
+        X=X,
+        fixef_names=tuple(names),
+        dropped=tuple(dropped),
+        terms=tuple(terms),
+        weights=built["weights"],
+        offset=built["offset"],
+        n_dropped=n_na + n_nan,
+        kept=rows.astype(np.int64),
+        messages=tuple(messages),
+        fixed_spec=fixed_spec,
+    )
+
+
+def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -> dict:
+    """Model matrices on ``rows``; ``nan_rows`` flags rows made NaN by transformations."""
+    sub = frame.iloc[rows][list(used)].reset_index(drop=True)
+    y = _response(sub[parsed.response], parsed.response, rows)
+    prepared = pd.DataFrame({c: _model_column(sub[c], c) for c in used if c != parsed.response})
+    prepared[parsed.response] = y  # usable in expressions too
+    nan_rows = np.zeros(len(sub), dtype=bool)
+
+    X, x_names, x_spec = _model_matrix(parsed.fixed, prepared, parsed, "the fixed-effects part")
+    nan_rows |= np.isnan(X).any(axis=1)
+
+    terms = []
+    for spec in parsed.random:
+        Z, z_names, z_spec = _model_matrix(spec.expr, prepared, parsed, spec.source)
+        nan_rows |= np.isnan(Z).any(axis=1)
+        codes, levels = _group_factor(sub, spec.group)
+        terms.append(RandomTerm(spec.group, tuple(z_names), Z, codes, levels, spec.source, z_spec))
+
+    offsets = [(f"offset({e})", _offset_values(e, prepared, parsed)) for e in parsed.offsets]
+    if o_in[1] is not None:
+        offsets.append((o_in[0], _numeric_vector(o_in[1], o_in[0])[rows]))
+    for _, v in offsets:
+        nan_rows |= np.isnan(v)
+    off = sum(v for _, v in offsets) if offsets else None
+
+    w = None
+    if w_in[1] is not None:
+        w = _numeric_vector(w_in[1], w_in[0])[rows]
+
+    if not nan_rows.any():
+        _check_finite(X, [f"fixed-effects column {c!r}" for c in x_names], rows)
+        for t in terms:
+            _check_finite(t.Z, [f"random-effects column {c!r} of {t.source}" for c in t.columns], rows)
+        for label, v in offsets:
+            _check_finite(v[:, None], [label], rows)
+        if w is not None:
+            _check_weights(w, w_in[0], rows)
+    return dict(y=y, X=X, x_names=x_names, x_spec=x_spec, terms=terms,
+                offset=off, weights=w, nan_rows=nan_rows)
+
+
+# --------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------
+
+
+def _as_frame(data) -> pd.DataFrame:
+    """A DataFrame with string column names (dicts of arrays accepted)."""
+    if isinstance(data, pd.DataFrame):
+        if not all(isinstance(c, str) for c in data.columns):
+            data = data.rename(columns=str)
+        return data
+    if isinstance(data, Mapping):
+        try:
+            return pd.DataFrame({k: np.asarray(v) if not isinstance(v, pd.Series) else v.to_numpy()
+                                 for k, v in data.items()})
+        except ValueError as exc:
+            raise DataError(f"cannot turn the data mapping into a DataFrame: {exc}") from exc
+    raise DataError(f"data must be a pandas DataFrame or a mapping of arrays, got {type(data).__name__}")
+
+
+def _unknown(name: str, frame: pd.DataFrame, where: str) -> DataError:
+    cols = [str(c) for c in frame.columns]
+    close = difflib.get_close_matches(str(name), cols, n=3, cutoff=0.6)
+    if close:
+        tip = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        shown = ", ".join(repr(c) for c in cols[:12]) + (", ..." if len(cols) > 12 else "")
+        tip = f"available columns: {shown or '(none)'}"
+    return DataError(f"column {name!r} (used in {where}) not found in data; {tip}")
+
+
+_SKIP_NAMES = set(keyword.kwlist) | set(dir(builtins))
+
+
+def _expr_columns(expr: str, frame: pd.DataFrame, where: str) -> list[str]:
+    """Data columns an expression refers to; unknown plain names raise DataError."""
+    cols = set(map(str, frame.columns))
+    known = set(_transforms()) | set(_context()) | _SKIP_NAMES
+    toks = tokenize(expr)
+    out: list[str] = []
+
+    def add(name):
+        if name not in cols:
+            raise _unknown(name, frame, where)
+        if name not in out:
+            out.append(name)
+
+    for i, t in enumerate(toks):
+        nxt = toks[i + 1].text if i + 1 < len(toks) and toks[i + 1].kind == "op" else None
+        if t.kind == "bq":
+            add(t.value)
+        elif t.kind == "str":
+            if i >= 2 and toks[i - 2].text == "Q" and toks[i - 1].text == "(":
+                add(t.value)
+        elif t.kind == "name":
+            if nxt in ("(", "="):  # function call or keyword argument
+                continue
+            if t.text in cols:
+                add(t.text)
+            elif t.text.split(".")[0] in cols:
+                add(t.text.split(".")[0])
+            elif t.text.split(".")[0] not in known:
+                add(t.text)
+    return out
+
+
+def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
+    """All data columns the model uses, response first; checks they exist."""
+    used: list[str] = []
+
+    def extend(names):
+        used.extend(c for c in names if c not in used)
+
+    extend(_expr_columns(quote_name(parsed.response), frame, "the response"))
+    extend(_expr_columns(parsed.fixed, frame, "the fixed-effects part"))
+    for spec in parsed.random:
+        extend(_expr_columns(spec.expr, frame, spec.source))
+        for name in group_variables(spec.group):
+            if name not in set(map(str, frame.columns)):
+                raise _unknown(name, frame, f"grouping factor of {spec.source}")
+            extend([name])
+    for expr in parsed.offsets:
+        extend(_expr_columns(expr, frame, f"offset({expr})"))
+    return used
+
+
+def _extra_vector(arg, frame: pd.DataFrame, what: str):
+    """``(label, values)`` for a weights/offset argument (name or array)."""
+    if arg is None:
+        return what, None
+    if isinstance(arg, str):
+        if arg not in frame.columns:
+            raise _unknown(arg, frame, f"{what}=")
+        return f"{what} column {arg!r}", frame[arg].to_numpy()
+    vec = arg.to_numpy() if isinstance(arg, pd.Series) else np.asarray(arg)
+    if vec.ndim != 1 or vec.shape[0] != len(frame):
+        raise DataError(f"{what} must have one value per row of data ({len(frame)}), got shape {vec.shape}")
+    return what, vec
+
+
+def _numeric_vector(vec, label: str) -> np.ndarray:
+    """float64 copy of a weights/offset vector; DataError when not numeric."""
+    s = pd.Series(vec)
+    if s.dtype == object:
+        try:
+            s = pd.to_numeric(s)
+        except (TypeError, ValueError):
+            pass
+    if isinstance(s.dtype, pd.CategoricalDtype) or not (
+        pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+    ):
+        raise DataError(f"{label} must be numeric, got dtype {s.dtype}")
+    return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _rows_text(rows, mask) -> str:
+    pos = rows[np.flatnonzero(mask)]
+    shown = ", ".join(str(int(p)) for p in pos[:5]) + (", ..." if pos.size > 5 else "")
+    many = pos.size != 1
+    return f"{pos.size} row{'s' if many else ''} (position{'s' if many else ''} {shown})"
+
+
+def _response(s: pd.Series, name: str, rows) -> np.ndarray:
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) or isinstance(
+        s.dtype, pd.CategoricalDtype
+    ):
+        raise DataError(
+            f"response {name!r} must be numeric, got dtype {s.dtype}; "
+            "linear mixed models need a numeric response (convert or recode the column)"
+        )
+    y = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise DataError(f"response {name!r} has infinite values in {_rows_text(rows, bad)}")
+    return y
+
+
+def _check_finite(M: np.ndarray, labels, rows) -> None:
+    """DataError naming the first column of ``M`` with an infinite value."""
+    bad = ~np.isfinite(M)
+    if bad.any():
+        j = int(np.flatnonzero(bad.any(axis=0))[0])
+        raise DataError(f"{labels[j]} has infinite values in {_rows_text(rows, bad[:, j])}")
+
+
+def _check_weights(w: np.ndarray, label: str, rows) -> None:
+    if not np.isfinite(w).all():
+        raise DataError(f"{label} has infinite values in {_rows_text(rows, ~np.isfinite(w))}")
+    if (w < 0).any():
+        raise DataError(f"negative weights not allowed: {label} is negative in {_rows_text(rows, w < 0)}")
+    if (w == 0).all():
+        raise DataError(f"{label} is zero in every row")
+    if (w == 0).any():
+        raise DataError(
+            f"{label} is zero in {_rows_text(rows, w == 0)}; drop those rows before fitting "
+            "(the likelihood has a log(weights) term)"
+        )
+
+
+def _check_levels(terms, n: int) -> None:
+    """lme4's checkNlevels / checkZdims (all 'stop' by default in lmerControl)."""
+    few = [t for t in terms if t.nlevels < 2]
+    if few:
+        t = few[0]
+        raise DataError(
+            f"grouping factors must have > 1 sampled level (problems: {t.group} has "
+            f"{t.nlevels} level in {t.source})"
+        )
+    many = [t for t in terms if t.nlevels >= n]
+    if many:
+        probs = ", ".join(dict.fromkeys(f"{t.group} ({t.nlevels} levels)" for t in many))
+        raise DataError(
+            f"number of levels of each grouping factor must be < number of observations "
+            f"(problems: {probs}; {n} observations)"
+        )
+    for t in terms:
+        n_re = t.nlevels * len(t.columns)
+        if n_re >= n:
+            raise DataError(
+                f"number of observations (={n}) <= number of random effects (={n_re}) for term "
+                f"{t.source} (group {t.group}, {len(t.columns)} column(s) x {t.nlevels} levels); "
+                "the random-effects parameters and the residual variance are probably unidentifiable"
+            )
+
+
+# --------------------------------------------------------------------------
+# columns, factors and R-style names
+# --------------------------------------------------------------------------
+
+
+def _label(v) -> str:
+    """R's printed form of a level: TRUE/FALSE, 1 (not 1.0), strings as is."""
+    if isinstance(v, (bool, np.bool_)):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return str(int(f)) if f.is_integer() and abs(f) < 1e15 else format(f, ".15g")
+    return str(v)
+
+
+def _sorted_levels(values) -> list:
+    uniq = list(pd.unique(np.asarray(values, dtype=object)))
+    try:
+        return sorted(uniq)
+    except TypeError:
+        return sorted(uniq, key=_label)
+
+
+def _factor(s: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Level codes and R-style labels of a column used as a factor (no NA)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.cat.remove_unused_categories()
+        return s.cat.codes.to_numpy(np.int32), [_label(c) for c in s.cat.categories]
+    if pd.api.types.is_bool_dtype(s):
+        v = s.to_numpy(dtype=bool)
+        lev = [b for b in (False, True) if (v == b).any()]
+        return np.searchsorted(np.array(lev), v).astype(np.int32), [_label(b) for b in lev]
+    if pd.api.types.is_numeric_dtype(s):
+        v = s.to_numpy(dtype=np.float64) if not pd.api.types.is_integer_dtype(s) else s.to_numpy(np.int64)
+        lev, codes = np.unique(v, return_inverse=True)
+        return codes.astype(np.int32), [_label(x) for x in lev]
+    lev = _sorted_levels(s)
+    codes = pd.Categorical(s.to_numpy(dtype=object), categories=lev).codes
+    return np.asarray(codes, dtype=np.int32), [_label(x) for x in lev]
+
+
+def _model_column(s: pd.Series, name: str) -> pd.Series:
+    """Column as formulaic should see it: float64, or Categorical in R's level order."""
+    if isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(s):
+        codes, labels = _factor(s)
+        return pd.Series(pd.Categorical.from_codes(codes, categories=labels, ordered=_is_ordered(s)))
+    if pd.api.types.is_numeric_dtype(s):
+        if pd.api.types.is_complex_dtype(s):
+            raise DataError(f"column {name!r} is complex; use real values")
+        return pd.Series(s.to_numpy(dtype=np.float64, na_value=np.nan))
+    if pd.api.types.is_string_dtype(s) or s.dtype == object:
+        codes, labels = _factor(s)
+        return pd.Series(pd.Categorical.from_codes(codes, categories=labels))
+    raise DataError(
+        f"column {name!r} has dtype {s.dtype}, which a model formula cannot use; "
+        "convert it to numeric or categorical"
+    )
+
+
+def _new_column(s: pd.Series):
+    """A new-data column for a stored ModelSpec: factors as label strings."""
+    if isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(s) or not (
+        pd.api.types.is_numeric_dtype(s)
+    ):
+        return pd.Series([None if pd.isna(v) else _label(v) for v in s], dtype=object)
+    return pd.Series(s.to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def _group_factor(sub: pd.DataFrame, group: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Codes and labels of a grouping factor ``a`` or interaction ``a:b:...``."""
+    parts = [_factor(sub[c]) for c in group_variables(group)]
+    if len(parts) == 1:
+        codes, labels = parts[0]
+        return codes.astype(np.int32), tuple(labels)
+    keys = np.stack([c for c, _ in parts], axis=1)
+    uniq, codes = np.unique(keys, axis=0, return_inverse=True)
+    labels = tuple(":".join(parts[k][1][i] for k, i in enumerate(row)) for row in uniq)
+    return codes.reshape(-1).astype(np.int32), labels
+
+
+def group_codes(term: RandomTerm, data) -> np.ndarray:
+    """Codes of ``term``'s levels in new ``data``; -1 for unseen levels or missing values."""
+    frame = _as_frame(data)
+    names = group_variables(term.group)
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise _unknown(missing[0], frame, f"grouping factor of {term.source}")
+    labels = [[None if pd.isna(v) else _label(v) for v in frame[c]] for c in names]
+    index = {lev: i for i, lev in enumerate(term.levels)}
+    out = np.full(len(frame), -1, dtype=np.int32)
+    for r, row in enumerate(zip(*labels)):
+        if None not in row:
+            out[r] = index.get(":".join(row), -1)
+    return out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|[⧛⧚]")
+
+
+def _clean(exc: Exception) -> str:
+    return " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
+
+
+def _formulaic_error(exc: Exception, parsed: ParsedFormula, where: str, expr: str) -> FormulaError:
+    msg = _clean(exc)
+    pos = None
+    m = re.search(r"`([^`]+)`", msg)
+    for snippet in ([m.group(1)] if m else []) + [expr]:
+        pos = parsed.formula.find(snippet)
+        if pos >= 0:
+            span = len(snippet)
+            break
+    else:
+        pos, span = None, 1
+    return FormulaError(f"cannot evaluate {where}: {msg}", parsed.formula, pos, span=span)
+
+
+def _is_ordered(s: pd.Series) -> bool:
+    return isinstance(s.dtype, pd.CategoricalDtype) and bool(s.cat.ordered)
+
+
+def _formulaic_inputs(prepared: pd.DataFrame, ordered) -> tuple[pd.DataFrame, dict]:
+    """Data and context for formulaic: ordered factors get R's contr.poly."""
+    ordered = [c for c in ordered if c in prepared.columns]
+    ctx = dict(_context())
+    if ordered:
+        C, Poly = _transforms()["C"], _transforms()["Poly"]
+        for c in ordered:
+            ctx[c] = C(prepared[c], Poly())
+        prepared = prepared.drop(columns=ordered)
+    return prepared, ctx
+
+
+def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, where: str):
+    """formulaic model matrix of ``expr`` with R-style names; returns (M, names, MatrixSpec)."""
+    from formulaic import model_matrix
+
+    ordered = tuple(c for c in prepared.columns if _is_ordered(prepared[c]))
+    data, ctx = _formulaic_inputs(prepared, ordered)
+    try:
+        with np.errstate(all="ignore"):
+            mm = model_matrix(expr, data, ensure_full_rank=True, na_action="ignore", context=ctx)
+    except DataError:
+        raise
+    except Exception as exc:  # formulaic parse / evaluation errors
+        raise _formulaic_error(exc, parsed, where, expr) from exc
+    names = [_r_name(c, mm.model_spec, prepared.columns) for c in mm.columns]
+    M = np.asarray(mm, dtype=np.float64).reshape(len(prepared), -1)
+    spec = MatrixSpec(mm.model_spec, tuple(names), tuple(range(M.shape[1])), ordered)
+    return M, names, spec
+
+
+def _split_top(name: str, sep: str = ":") -> list[str]:
+    parts, depth, start, quote = [], 0, 0, None
+    for i, c in enumerate(name):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"`":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append(name[start:i])
+            start = i + 1
+    parts.append(name[start:])
+    return parts
+
+
+def _r_name(col: str, spec, columns) -> str:
+    """formulaic column name -> R's: ``Intercept`` -> ``(Intercept)``, ``f[T.B]`` -> ``fB``."""
+    if col == "Intercept":
+        return "(Intercept)"
+    state = spec.encoder_state
+    keys = sorted(state, key=len, reverse=True)
+    cols = set(map(str, columns))
+    out = []
+    for part in _split_top(col):
+        for key in keys:
+            if part.startswith(key + "[") and part.endswith("]"):
+                inner = part[len(key) + 1 : -1]
+                if str(state[key][0]).lower().endswith("categorical") and inner.startswith("T."):
+                    inner = inner[2:]
+                part = (quote_name(key) if key in cols else key) + inner
+                break
+        else:
+            if part in cols:
+                part = quote_name(part)
+        out.append(part)
+    return ":".join(out)
+
+
+def _offset_values(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula) -> np.ndarray:
+    toks = tokenize(expr)
+    if len(toks) == 1 and toks[0].kind in ("name", "bq") and toks[0].value in prepared.columns:
+        s = prepared[toks[0].value]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            raise DataError(f"offset column {toks[0].value!r} must be numeric")
+        return s.to_numpy(dtype=np.float64)
+    M, _, _ = _model_matrix(f"0 + I({expr})", prepared, parsed, f"offset({expr})")
+    if M.shape[1] != 1:
+        raise FormulaError(f"offset({expr}) must give one numeric column", parsed.formula,
+                           max(parsed.formula.find("offset("), 0))
+    return M[:, 0]
+
+
+# --------------------------------------------------------------------------
+# rank deficiency
+# --------------------------------------------------------------------------
+
+
+def _drop_redundant(X: np.ndarray, names, tol: float = RANK_TOL):
+    """Drop columns that are linear combinations of earlier ones (R's dqrdc2 rule).
+
+    Returns ``(X_kept, kept_names, dropped_names, kept_indices)``.
+    """
+    n, p = X.shape
+    if p == 0:
+        return X, list(names), [], []
+    from scipy.linalg import qr
+
+    norms = np.linalg.norm(X, axis=0)
+    R = qr(X, mode="r")[0]
+    diag = np.zeros(p)
+    k = min(n, p)
+    diag[:k] = np.abs(np.diag(R)[:k])
+    # |R_jj| of an unpivoted QR is the distance of column j from the span of the earlier
+    # columns (= the span of the earlier kept ones), so this is R's greedy keep-first rule.
+    keep = [j for j in range(p) if norms[j] > 0 and diag[j] > tol * norms[j]]
+    dropped = [names[j] for j in range(p) if j not in set(keep)]
+    return X[:, keep], [names[j] for j in keep], dropped, keep

@@ -1,0 +1,39 @@
+"""Pure, jittable composition of the kernels: statistics -> optimum -> solution.
+
+``fit_stats`` is the whole numerical fit as one compiled program: the projected-Newton loop
+over theta (optimize.py) on the profiled criterion (deviance.py), then the solve at the
+optimum (solve.py). Data enter only through the ``Stats`` pytree, never through closures.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .deviance import objective
+from .optimize import OptResult, minimize
+from .solve import Solution, solve
+from .stats import Stats
+
+
+class FitResult(NamedTuple):
+    opt: OptResult
+    sol: Solution
+
+
+def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200) -> FitResult:
+    """Optimize the profiled criterion over theta >= lower and solve at the optimum."""
+    lower = jnp.asarray(stats.struct.lower, theta0.dtype)
+    opt = minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter)
+    return FitResult(opt, solve(opt.theta, stats, reml))
+
+
+fit_stats_jit = jax.jit(fit_stats, static_argnames=("reml", "max_iter"))
+
+
+@partial(jax.jit, static_argnames=("reml",))
+def objective_jit(theta, stats: Stats, reml: bool = True):
+    return objective(theta, stats, reml)
