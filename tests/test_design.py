@@ -346,3 +346,15 @@ def test_transformation_nan_rows_dropped():
     assert d.n_dropped == 2
     assert "2 rows dropped where transformations in the formula give NaN" in d.messages
     assert list(d.kept) == list(range(2, 9))
+
+
+def test_formula_without_random_effects_is_rejected():
+    import pandas as pd
+    import pytest
+
+    from jaxlmm.design import build_design
+    from jaxlmm.errors import FormulaError
+
+    df = pd.DataFrame({"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 2.0]})
+    with pytest.raises(FormulaError, match="no random-effects terms"):
+        build_design("y ~ x", df)

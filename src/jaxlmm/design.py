@@ -136,6 +136,11 @@ def build_design(formula, data, *, weights=None, offset=None) -> Design:
     ``offset`` is added to the formula's ``offset()`` terms.
     """
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    if not parsed.random:
+        raise FormulaError(
+            "no random-effects terms specified in formula", parsed.formula,
+            hint="add a term such as (1 | group); for a model without random effects use "
+                 "ordinary least squares")
     frame = _as_frame(data)
     n_in = len(frame)
     used = _used_columns(parsed, frame)
@@ -216,7 +221,9 @@ def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -
     """Model matrices on ``rows``; ``nan_rows`` flags rows made NaN by transformations."""
     sub = frame.iloc[rows][list(used)].reset_index(drop=True)
     y = _response(sub[parsed.response], parsed.response, rows)
-    prepared = pd.DataFrame({c: _model_column(sub[c], c) for c in used if c != parsed.response})
+    cache: dict = {}  # factor codes/levels per column, computed once
+    prepared = pd.DataFrame({c: _model_column(sub[c], c, cache) for c in used
+                             if c != parsed.response})
     prepared[parsed.response] = y  # usable in expressions too
     nan_rows = np.zeros(len(sub), dtype=bool)
 
@@ -227,7 +234,7 @@ def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -
     for spec in parsed.random:
         Z, z_names, z_spec = _model_matrix(spec.expr, prepared, parsed, spec.source)
         nan_rows |= np.isnan(Z).any(axis=1)
-        codes, levels = _group_factor(sub, spec.group)
+        codes, levels = _group_factor(sub, spec.group, cache)
         terms.append(RandomTerm(spec.group, tuple(z_names), Z, codes, levels, spec.source, z_spec))
 
     offsets = [(f"offset({e})", _offset_values(e, prepared, parsed)) for e in parsed.offsets]
@@ -455,14 +462,6 @@ def _label(v) -> str:
     return str(v)
 
 
-def _sorted_levels(values) -> list:
-    uniq = list(pd.unique(np.asarray(values, dtype=object)))
-    try:
-        return sorted(uniq)
-    except TypeError:
-        return sorted(uniq, key=_label)
-
-
 def _factor(s: pd.Series) -> tuple[np.ndarray, list[str]]:
     """Level codes and R-style labels of a column used as a factor (no NA)."""
     if isinstance(s.dtype, pd.CategoricalDtype):
@@ -476,22 +475,42 @@ def _factor(s: pd.Series) -> tuple[np.ndarray, list[str]]:
         v = s.to_numpy(dtype=np.float64) if not pd.api.types.is_integer_dtype(s) else s.to_numpy(np.int64)
         lev, codes = np.unique(v, return_inverse=True)
         return codes.astype(np.int32), [_label(x) for x in lev]
-    lev = _sorted_levels(s)
-    codes = pd.Categorical(s.to_numpy(dtype=object), categories=lev).codes
-    return np.asarray(codes, dtype=np.int32), [_label(x) for x in lev]
+    codes, uniq = pd.factorize(s, sort=False)  # hashing: fast for millions of rows
+    uniq = np.asarray(uniq, dtype=object)
+    if all(isinstance(v, str) for v in uniq):
+        order = np.argsort(uniq.astype(str), kind="stable")  # code-point order, as sorted()
+        labels = uniq[order].tolist()
+    else:
+        order = np.array(sorted(range(len(uniq)), key=lambda i: _sort_key(uniq[i])), dtype=np.int64)
+        labels = [_label(x) for x in uniq[order]]
+    rank = np.empty(len(uniq), dtype=np.int32)
+    rank[order] = np.arange(len(uniq), dtype=np.int32)
+    return rank[codes], labels
 
 
-def _model_column(s: pd.Series, name: str) -> pd.Series:
+def _sort_key(v):
+    return (0, v, "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0, _label(v))
+
+
+def _cached_factor(s: pd.Series, name: str, cache: dict | None):
+    if cache is None:
+        return _factor(s)
+    if name not in cache:
+        cache[name] = _factor(s)
+    return cache[name]
+
+
+def _model_column(s: pd.Series, name: str, cache: dict | None = None) -> pd.Series:
     """Column as formulaic should see it: float64, or Categorical in R's level order."""
     if isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(s):
-        codes, labels = _factor(s)
+        codes, labels = _cached_factor(s, name, cache)
         return pd.Series(pd.Categorical.from_codes(codes, categories=labels, ordered=_is_ordered(s)))
     if pd.api.types.is_numeric_dtype(s):
         if pd.api.types.is_complex_dtype(s):
             raise DataError(f"column {name!r} is complex; use real values")
         return pd.Series(s.to_numpy(dtype=np.float64, na_value=np.nan))
     if pd.api.types.is_string_dtype(s) or s.dtype == object:
-        codes, labels = _factor(s)
+        codes, labels = _cached_factor(s, name, cache)
         return pd.Series(pd.Categorical.from_codes(codes, categories=labels))
     raise DataError(
         f"column {name!r} has dtype {s.dtype}, which a model formula cannot use; "
@@ -508,15 +527,25 @@ def _new_column(s: pd.Series):
     return pd.Series(s.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
-def _group_factor(sub: pd.DataFrame, group: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def _group_factor(sub: pd.DataFrame, group: str, cache: dict | None = None):
     """Codes and labels of a grouping factor ``a`` or interaction ``a:b:...``."""
-    parts = [_factor(sub[c]) for c in group_variables(group)]
+    parts = [_cached_factor(sub[c], c, cache) for c in group_variables(group)]
     if len(parts) == 1:
         codes, labels = parts[0]
         return codes.astype(np.int32), tuple(labels)
-    keys = np.stack([c for c, _ in parts], axis=1)
-    uniq, codes = np.unique(keys, axis=0, return_inverse=True)
-    labels = tuple(":".join(parts[k][1][i] for k, i in enumerate(row)) for row in uniq)
+    # one integer key per row, first variable slowest (mixed radix), then the observed keys
+    key = np.zeros(len(sub), dtype=np.int64)
+    for c, lab in parts:
+        key = key * len(lab) + c
+    uniq, codes = np.unique(key, return_inverse=True)
+    digits = []
+    rest = uniq
+    for c, lab in reversed(parts):
+        digits.append(rest % len(lab))
+        rest = rest // len(lab)
+    digits.reverse()
+    labels = tuple(":".join(parts[k][1][d[i]] for k, d in enumerate(digits))
+                   for i in range(uniq.size))
     return codes.reshape(-1).astype(np.int32), labels
 
 

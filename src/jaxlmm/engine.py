@@ -24,14 +24,33 @@ class FitResult(NamedTuple):
     sol: Solution
 
 
-def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200) -> FitResult:
+EXACT_HESSIAN_MAX_DENSE = 256  # dense Schur blocks up to this size: exact Newton
+
+
+def use_exact_hessian(struct, hessian: str = "auto") -> bool:
+    """Exact Hessians pay off unless a large dense Schur block makes them costly.
+
+    Each forward tangent through a dense Cholesky costs several factorizations, so with
+    crossed factors whose dense block exceeds EXACT_HESSIAN_MAX_DENSE rows the optimizer
+    switches to BFGS on exact gradients.
+    """
+    if hessian not in ("auto", "exact", "bfgs"):
+        raise ValueError(f"hessian must be 'auto', 'exact' or 'bfgs', got {hessian!r}")
+    if hessian != "auto":
+        return hessian == "exact"
+    return struct.m_rand <= EXACT_HESSIAN_MAX_DENSE
+
+
+def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200,
+              hessian: str = "auto") -> FitResult:
     """Optimize the profiled criterion over theta >= lower and solve at the optimum."""
     lower = jnp.asarray(stats.struct.lower, theta0.dtype)
-    opt = minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter)
+    opt = minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter,
+                   exact_hessian=use_exact_hessian(stats.struct, hessian))
     return FitResult(opt, solve(opt.theta, stats, reml))
 
 
-fit_stats_jit = jax.jit(fit_stats, static_argnames=("reml", "max_iter"))
+fit_stats_jit = jax.jit(fit_stats, static_argnames=("reml", "max_iter", "hessian"))
 
 
 @partial(jax.jit, static_argnames=("reml",))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import layout
 from .design import Design, build_design
-from .engine import fit_stats_jit
+from .engine import fit_stats_jit, use_exact_hessian
 from .optimize import STATUS
 from .stats import compute
 
@@ -38,12 +38,16 @@ def setup(design: Design) -> ModelSetup:
 
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
-        start=None, max_iter: int = 200, data_name: str | None = None) -> "LinearMixedModel":
+        start=None, max_iter: int = 200, hessian: str = "auto",
+        data_name: str | None = None) -> "LinearMixedModel":
     """Fit a linear mixed model with lme4 syntax, e.g. ``"y ~ x + (1 + x | g)"``.
 
     ``reml=True`` (default) optimizes the REML criterion, else the ML deviance.
     ``weights``/``offset``: column names or arrays (lme4's prior weights and offset).
     ``start``: initial theta in lme4's order (default: 1 on template diagonals, 0 elsewhere).
+    ``max_iter``: optimizer iterations (0 evaluates at ``start`` without optimizing).
+    ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients) or "auto"
+    (exact unless crossed factors make a large dense block; see engine.use_exact_hessian).
     """
     t0 = time.perf_counter()
     design = build_design(formula, data, weights=weights, offset=offset)
@@ -55,11 +59,14 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     if theta0.shape != (ms.struct.n_theta,):
         raise ValueError(f"start must have {ms.struct.n_theta} elements (lme4's theta order), "
                          f"got shape {theta0.shape}")
-    res = fit_stats_jit(stats, jnp.asarray(theta0), reml=reml, max_iter=max_iter)
+    res = fit_stats_jit(stats, jnp.asarray(theta0), reml=reml, max_iter=max_iter,
+                        hessian=hessian)
     res = _to_host(res)
     t2 = time.perf_counter()
-    return LinearMixedModel(ms, scaling, res, reml, theta0, data_name,
-                            timings={"design": t1 - t0, "fit": t2 - t1})
+    return LinearMixedModel(ms, scaling, res, reml, theta0, hessian, data_name,
+                            timings={"design": t1 - t0, "fit": t2 - t1},
+                            weights_name=weights if isinstance(weights, str) else None,
+                            offset_name=offset if isinstance(offset, str) else None)
 
 
 def _to_host(tree):
@@ -86,8 +93,11 @@ class LinearMixedModel:
     result: object  # engine.FitResult on the host
     reml: bool
     theta0: np.ndarray
+    hessian: str = "auto"
     data_name: str | None = None
     timings: dict = field(default_factory=dict)
+    weights_name: str | None = None  # column names, when given by name (for the summary)
+    offset_name: str | None = None
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -234,7 +244,9 @@ class LinearMixedModel:
         o = self.result.opt
         status = int(o.status)
         return {
-            "optimizer": "projected Newton, exact autodiff gradient and Hessian",
+            "optimizer": ("projected Newton, exact autodiff gradient and Hessian"
+                          if use_exact_hessian(self.setup.struct, self.hessian) else
+                          "projected BFGS, exact autodiff gradient"),
             "status": status,
             "message": STATUS[status],
             "converged": status == 0,

@@ -50,6 +50,10 @@ class _State(NamedTuple):
     nfev: jax.Array
     status: jax.Array  # -1 while running
     dec: jax.Array  # last Newton decrement
+    theta_prev: jax.Array  # for the BFGS pair (s, y)
+    moved: jax.Array  # whether the last iteration moved theta
+    probed: jax.Array  # bound coordinates already probed inward (quasi-Newton)
+    nupd: jax.Array  # BFGS updates so far
 
 
 def _proj_grad(theta, g, lower):
@@ -57,29 +61,79 @@ def _proj_grad(theta, g, lower):
     return jnp.where(at, jnp.minimum(g, 0.0), g)
 
 
-def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-12):
+FORWARD_MAX = 12  # up to this many parameters, derivatives are forward-over-forward
+
+
+def _value_grad_hessian(f, k):
+    """theta -> (H, (f, g)) with exact derivatives.
+
+    For few parameters forward-over-forward mode is both faster to run (7.7 ms against
+    32 ms for reverse-then-forward on a 10k-group model, k = 3) and faster to compile;
+    the reverse pass through the scatter/gather of the blocked factor is what costs.
+    """
+    if k <= FORWARD_MAX:
+        def grad_aux(t):
+            g, v = jax.jacfwd(lambda s: (f(s), f(s)), has_aux=True)(t)
+            return g, (v, g)
+    else:
+        def grad_aux(t):
+            v, g = jax.value_and_grad(f)(t)
+            return g, (v, g)
+    return jax.jacfwd(grad_aux, has_aux=True)
+
+
+def _bfgs_update(B, sv, yv, first):
+    """BFGS update of the Hessian approximation B with step sv and gradient change yv.
+
+    Before the first update B is reset to (y'y / s'y) I (Shanno-Phua scaling). Pairs with
+    too little curvature (s'y <= 1e-10 |s||y|) leave B unchanged, which keeps it PD.
+    """
+    sy = jnp.dot(sv, yv)
+    ok = sy > 1e-10 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv)
+    k = B.shape[0]
+    B = jnp.where(first & ok, jnp.eye(k, dtype=B.dtype) * jnp.dot(yv, yv) / sy, B)
+    Bs = B @ sv
+    Bn = B - jnp.outer(Bs, Bs) / jnp.dot(sv, Bs) + jnp.outer(yv, yv) / sy
+    return jnp.where(ok, Bn, B)
+
+
+def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-12,
+             exact_hessian=True):
     """Minimize ``fun(theta, *args)`` subject to ``theta >= lower``; jittable, vmappable.
 
-    Each iteration evaluates value, gradient and Hessian once (one site in the compiled
-    program, which keeps compile time down), tests convergence, then takes a projected
-    Newton step with a backtracking line search on values only.
+    Each iteration evaluates value, gradient (and with ``exact_hessian`` the Hessian) once
+    (one site in the compiled program, which keeps compile time down), tests convergence,
+    then takes a projected (quasi-)Newton step with a backtracking line search on values.
+    Without ``exact_hessian`` the Hessian is a BFGS approximation, for problems where exact
+    second derivatives cost much more than gradients (large dense Schur blocks); there a
+    variance stuck at 0 with zero gradient is probed inward once before it is accepted.
     """
     lower = jnp.asarray(lower, theta0.dtype)
-
-    def grad_aux(theta):
-        f, g = jax.value_and_grad(fun)(theta, *args)
-        return g, (f, g)
-
-    hess_aux = jax.jacfwd(grad_aux, has_aux=True)
+    k = theta0.shape[0]
+    f_only = lambda t: fun(t, *args)  # noqa: E731
+    hess_aux = _value_grad_hessian(f_only, k)
+    value_grad = jax.value_and_grad(f_only)
 
     def body(s: _State) -> _State:
-        H, (f, g) = hess_aux(s.theta)
+        if exact_hessian:
+            H, (f, g) = hess_aux(s.theta)
+        else:
+            f, g = value_grad(s.theta)
+            gscale = jnp.maximum(jnp.max(jnp.abs(g)), 1e-8) / 0.25  # first step: at most 0.25
+            B0 = jnp.where(s.it == 0, jnp.eye(k, dtype=g.dtype) * gscale, s.H)
+            H = jnp.where(s.moved, _bfgs_update(B0, s.theta - s.theta_prev, g - s.g, s.nupd == 0),
+                          B0)
         scale = 1.0 + jnp.abs(f)
         at = s.theta <= lower
-        hdiag = jnp.diagonal(H)
         tiny = 1e-12 * scale
-        active = at & ((g > tiny) | ((g >= -tiny) & (hdiag >= 0.0)))
-        probe = at & ~active & (g >= -tiny)  # stationary on the bound, negative curvature
+        if exact_hessian:
+            hdiag = jnp.diagonal(H)
+            active = at & ((g > tiny) | ((g >= -tiny) & (hdiag >= 0.0)))
+            probe = at & ~active & (g >= -tiny)  # stationary on the bound, negative curvature
+        else:
+            stationary_at = at & (jnp.abs(g) <= tiny)
+            probe = stationary_at & ~s.probed
+            active = at & ~probe & (g >= -tiny)
         pg = jnp.max(jnp.abs(_proj_grad(s.theta, g, lower)), initial=0.0)
         done = ((s.dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
         bad = ~jnp.isfinite(f)
@@ -110,7 +164,9 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         _, f_new, t_new, nls, ok = lax.while_loop(ls_cond, ls_body, init)
         # a failed line search at an already stationary point counts as converged
         stationary = (pg <= 1e-4 * scale) & ~jnp.any(probe)
-        status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(ok, -1,
+        # a failed inward probe (quasi-Newton) just marks the bound as checked
+        reprobe = (~ok) & jnp.any(probe) & (not exact_hessian)
+        status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(ok | reprobe, -1,
                            jnp.where(stationary, 0, 2))))
         status = jnp.where((status < 0) & (s.it >= max_iter), 1, status).astype(jnp.int32)
         move = ok & ~done & ~bad & (s.it < max_iter)
@@ -122,12 +178,16 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
             nfev=(s.nfev + 1 + nls).astype(jnp.int32),
             status=status,
             dec=jnp.where(move, dec, s.dec),
+            theta_prev=s.theta,
+            moved=move,
+            probed=s.probed | (probe & ~ok),
+            nupd=s.nupd + jnp.where(s.moved, 1, 0).astype(jnp.int32),
         )
 
-    k = theta0.shape[0]
     z = jnp.zeros((), theta0.dtype)
     s0 = _State(theta0, z, jnp.zeros(k, theta0.dtype), jnp.eye(k, dtype=theta0.dtype),
-                jnp.int32(0), jnp.int32(0), jnp.int32(-1), jnp.asarray(jnp.inf, theta0.dtype))
+                jnp.int32(0), jnp.int32(0), jnp.int32(-1), jnp.asarray(jnp.inf, theta0.dtype),
+                theta0, jnp.asarray(False), jnp.zeros(k, bool), jnp.int32(0))
     s = lax.while_loop(lambda s: s.status < 0, body, s0)
     pg = jnp.max(jnp.abs(_proj_grad(s.theta, s.g, lower)), initial=0.0)
     return OptResult(s.theta, s.f, s.g, pg, s.it, s.nfev, s.status)

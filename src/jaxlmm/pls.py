@@ -48,10 +48,22 @@ def templates(theta, struct):
 
 
 def _scale_dense(M, T, struct):
-    """Lambda' M Lambda on the dense block, one rest factor at a time; add I on its diagonal."""
+    """Lambda' M Lambda on the dense block, then I added on its random-effects diagonal.
+
+    Scalar factors (q = 1) scale rows and columns elementwise; vector factors contract their
+    template with each level's q rows (and columns).
+    """
     nchain = len(struct.chain)
     m = M.shape[0]
+    lam = [jnp.ones(struct.p + 1, M.dtype)]
+    parts = []
     for ri, (G, q) in enumerate(struct.rest):
+        parts.append(jnp.full(G, T[nchain + ri][0, 0]) if q == 1 else jnp.ones(G * q, M.dtype))
+    lam = jnp.concatenate(parts + lam)
+    M = M * lam[:, None] * lam[None, :]
+    for ri, (G, q) in enumerate(struct.rest):
+        if q == 1:
+            continue
         t = T[nchain + ri]
         off = struct.rest_offsets[ri]
         sl = slice(off, off + G * q)
@@ -108,12 +120,13 @@ def factorize(theta, stats: Stats) -> Factorization:
             offr = st.rest_offsets[r - nchain]
             for r2 in range(nchain, r + 1):
                 _, qr2 = st.factors[r2]
-                off2 = st.rest_offsets[r2 - nchain]
                 a, b = stats.ppa[k, r, r2], stats.ppb[k, r, r2]
                 vals = sb.matmul_nt(P[k, r][a], P[k, r2][b])  # (npp, qr, qr2)
-                row = offr + stats.pi[k, r][a][:, None, None] * qr + jnp.arange(qr)[None, :, None]
-                col = off2 + stats.pi[k, r2][b][:, None, None] * qr2 + jnp.arange(qr2)[None, None, :]
-                U = U.at[(row * m + col).ravel()].add(vals.ravel())
+                tgt = stats.ppt[k, r, r2]
+                for ia in range(qr):
+                    for ib in range(qr2):
+                        U = U + jax.ops.segment_sum(vals[:, ia, ib], tgt + (ia * m + ib), m * m,
+                                                    indices_are_sorted=True)
             zxy = sb.matmul_nt(E[k][stats.pj[k, r]], P[k, r])  # (npairs, p+1, qr)
             zxy = jax.ops.segment_sum(zxy, stats.pi[k, r], Gr)  # (Gr, p+1, qr)
             row = xy0 + jnp.arange(st.p + 1)[None, :, None]

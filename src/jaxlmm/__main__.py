@@ -1,0 +1,8 @@
+"""``python -m jaxlmm``: the jaxlmm command line (see :mod:`jaxlmm.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
