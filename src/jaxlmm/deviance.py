@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .pls import factorize, pieces
+from . import smallblock as sb
+from .pls import LARGE_DENSE, dense_logdets, eliminate_chain, factorize, pieces
 from .stats import Stats
 
 
 def objective(theta, stats: Stats, reml: bool = True):
     """The profiled criterion at theta: lme4's REMLcrit() (reml=True) or deviance()."""
     st = stats.struct
-    pc = pieces(factorize(theta, stats), st)
-    return criterion(pc.logdet_l, pc.logdet_x, pc.pwrss, stats, reml)
+    if st.m_rand <= LARGE_DENSE:  # differentiate through the Cholesky (cheap, fast compile)
+        pc = pieces(factorize(theta, stats), st)
+        return criterion(pc.logdet_l, pc.logdet_x, pc.pwrss, stats, reml)
+    _, Ls, _, _, _, M = eliminate_chain(theta, stats)
+    ld_rest, logdet_x, pwrss = dense_logdets(M, st.m_rand, st.p)
+    logdet_l = 2.0 * sum(sb.log_diag_sum(L) for L in Ls) + ld_rest
+    return criterion(logdet_l, logdet_x, pwrss, stats, reml)
 
 
 def criterion(logdet_l, logdet_x, pwrss, stats: Stats, reml: bool):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from .deviance import objective
 from .optimize import OptResult, minimize
+from .pls import LARGE_DENSE
 from .solve import Solution, solve
 from .stats import Stats
 
@@ -24,21 +25,19 @@ class FitResult(NamedTuple):
     sol: Solution
 
 
-EXACT_HESSIAN_MAX_DENSE = 256  # dense Schur blocks up to this size: exact Newton
-
 
 def use_exact_hessian(struct, hessian: str = "auto") -> bool:
     """Exact Hessians pay off unless a large dense Schur block makes them costly.
 
     Each forward tangent through a dense Cholesky costs several factorizations, so with
-    crossed factors whose dense block exceeds EXACT_HESSIAN_MAX_DENSE rows the optimizer
+    crossed factors whose dense block exceeds LARGE_DENSE rows the optimizer
     switches to BFGS on exact gradients.
     """
     if hessian not in ("auto", "exact", "bfgs"):
         raise ValueError(f"hessian must be 'auto', 'exact' or 'bfgs', got {hessian!r}")
     if hessian != "auto":
         return hessian == "exact"
-    return struct.m_rand <= EXACT_HESSIAN_MAX_DENSE
+    return struct.m_rand <= LARGE_DENSE
 
 
 def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200,
