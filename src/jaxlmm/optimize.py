@@ -169,7 +169,8 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         d = -(V @ ((V.T @ gF) / lam))
         d = jnp.where(free, d, 0.0)
         d = jnp.where(probe, jnp.maximum(d, 0.1), d)
-        dec = -jnp.dot(gF, d)
+        # a probe step has no Newton decrement to speak of: never converge on it
+        dec = jnp.where(jnp.any(probe), jnp.inf, -jnp.dot(gF, d))
 
         def ls_cond(c):
             return (~c[4]) & (c[3] < 40) & ~done & ~bad & (s.it < max_iter)
@@ -187,15 +188,15 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         stationary = (pg <= 1e-4 * scale) & ~jnp.any(probe)
         # a failed inward probe (quasi-Newton) just marks the bound as checked
         reprobe = (~ok) & jnp.any(probe) & (not exact_hessian)
-        status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(ok | reprobe, -1,
-                           jnp.where(stationary, 0, 2))))
-        status = jnp.where((status < 0) & (s.it >= max_iter), 1, status).astype(jnp.int32)
-        move = ok & ~done & ~bad & (s.it < max_iter)
+        out_of_budget = s.it >= max_iter
+        status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(out_of_budget, 1, jnp.where(
+            ok | reprobe, -1, jnp.where(stationary, 0, 2))))).astype(jnp.int32)
+        move = ok & ~done & ~bad & ~out_of_budget
         return _State(
             theta=jnp.where(move, t_new, s.theta),
             f=jnp.where(move, f_new, f),
             g=g, H=H,
-            it=s.it + jnp.where(done, 0, 1).astype(jnp.int32),
+            it=s.it + jnp.where(move | reprobe, 1, 0).astype(jnp.int32),
             nfev=(s.nfev + 1 + nls).astype(jnp.int32),
             status=status,
             dec=jnp.where(move, dec, s.dec),
