@@ -222,8 +222,14 @@ def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -
     sub = frame.iloc[rows][list(used)].reset_index(drop=True)
     y = _response(sub[parsed.response], parsed.response, rows)
     cache: dict = {}  # factor codes/levels per column, computed once
+    in_exprs = set(_expr_columns(parsed.fixed, frame, "the fixed-effects part"))
+    for spec in parsed.random:
+        in_exprs.update(_expr_columns(spec.expr, frame, spec.source))
+    for expr in parsed.offsets:
+        in_exprs.update(_expr_columns(expr, frame, f"offset({expr})"))
+    # columns used only as grouping factors never reach formulaic
     prepared = pd.DataFrame({c: _model_column(sub[c], c, cache) for c in used
-                             if c != parsed.response})
+                             if c != parsed.response and c in in_exprs}, index=sub.index)
     prepared[parsed.response] = y  # usable in expressions too
     nan_rows = np.zeros(len(sub), dtype=bool)
 
@@ -475,9 +481,10 @@ def _factor(s: pd.Series) -> tuple[np.ndarray, list[str]]:
         v = s.to_numpy(dtype=np.float64) if not pd.api.types.is_integer_dtype(s) else s.to_numpy(np.int64)
         lev, codes = np.unique(v, return_inverse=True)
         return codes.astype(np.int32), [_label(x) for x in lev]
-    codes, uniq = pd.factorize(s, sort=False)  # hashing: fast for millions of rows
+    codes, uniq = pd.factorize(s, sort=False)  # hashing; then sort only the uniques
+    string_dtype = pd.api.types.is_string_dtype(s) and s.dtype != object
     uniq = np.asarray(uniq, dtype=object)
-    if all(isinstance(v, str) for v in uniq):
+    if string_dtype or all(isinstance(v, str) for v in uniq):
         order = np.argsort(uniq.astype(str), kind="stable")  # code-point order, as sorted()
         labels = uniq[order].tolist()
     else:

@@ -137,7 +137,21 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
 
     def body(s: _State) -> _State:
         if exact_hessian:
-            H, (f, g) = hess_aux(s.theta)
+            # when the last step's Newton decrement already certifies convergence, the
+            # Hessian at the final point is not needed: value and gradient suffice
+            final = s.dec <= ftol * (1.0 + jnp.abs(s.f))
+
+            def with_hessian():
+                return hess_aux(s.theta)
+
+            def without_hessian():
+                if k <= FORWARD_MAX:
+                    g0, f0 = jax.jacfwd(lambda t: (f_only(t), f_only(t)), has_aux=True)(s.theta)
+                else:
+                    f0, g0 = value_grad(s.theta)
+                return s.H, (f0, g0)
+
+            H, (f, g) = lax.cond(final, without_hessian, with_hessian)
         else:
             f, g = value_grad(s.theta)
             B0 = lax.cond(s.it == 0, lambda: _fd_hessian(value_grad, s.theta, g, lower),
