@@ -61,6 +61,7 @@ def _proj_grad(theta, g, lower):
     return jnp.where(at, jnp.minimum(g, 0.0), g)
 
 
+MAX_STEP = 0.5  # largest change of any theta in one quasi-Newton step
 FORWARD_MAX = 12  # up to this many parameters, derivatives are forward-over-forward
 
 
@@ -183,6 +184,8 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         d = -(V @ ((V.T @ gF) / lam))
         d = jnp.where(free, d, 0.0)
         d = jnp.where(probe, jnp.maximum(d, 0.1), d)
+        if not exact_hessian:  # quasi-Newton steps can overshoot wildly: cap them
+            d = d * jnp.minimum(1.0, MAX_STEP / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
         # a probe step has no Newton decrement to speak of: never converge on it
         dec = jnp.where(jnp.any(probe), jnp.inf, -jnp.dot(gF, d))
 
