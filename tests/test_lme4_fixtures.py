@@ -153,3 +153,22 @@ def test_published_dyestuff_values():
         m = jaxlmm.fit(fx["formula"], df, reml=chk["reml"], start=chk["theta"], max_iter=0)
         assert m.objective == pytest.approx(chk["published"], abs=1e-9)
         assert m.objective == pytest.approx(chk["lme4"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_reml", "penicillin_reml", "crossed_slopes_reml",
+                                  "dyestuff2_reml"])
+def test_bfgs_route_reaches_lme4_optimum(name):
+    """The quasi-Newton route (used for large dense blocks) on models where exact Newton is
+    the default: same optimum, singular fits included."""
+    fx = load_fixture(name)
+    m = _fit(fx, hessian="bfgs")
+    assert m.converged, m.optinfo
+    assert "BFGS" in m.optinfo["optimizer"]
+    assert abs(m.objective - fx["objective"]) <= _obj_tol(fx["objective"])
+    assert m.objective <= fx["objective"] + 1e-9 * abs(fx["objective"])
+    assert m.is_singular == fx["is_singular"]
+
+
+def test_unknown_hessian_option_rejected(sleepstudy):
+    with pytest.raises(ValueError, match="hessian"):
+        jaxlmm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy, hessian="newton")

@@ -197,6 +197,7 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
             t = jnp.maximum(s.theta + alpha * d, lower)
             fn = fun(t, *args)
             ok = jnp.isfinite(fn) & (fn <= f + 1e-4 * jnp.dot(g, t - s.theta))
+            ok = ok & ((fn < f) | ~jnp.any(probe))  # an inward probe must really decrease f
             return alpha * jnp.where(ok, 1.0, 0.5), fn, t, n + 1, ok
 
         init = (jnp.asarray(1.0, f.dtype), f, s.theta, jnp.int32(0), jnp.asarray(False))
@@ -219,7 +220,7 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
             dec=jnp.where(move, dec, s.dec),
             theta_prev=s.theta,
             moved=move,
-            probed=s.probed | (probe & ~ok),
+            probed=s.probed | probe,  # each bound is probed at most once
             nupd=s.nupd + jnp.where(s.moved, 1, 0).astype(jnp.int32),
         )
 
