@@ -1,4 +1,4 @@
-"""Bounded projected Newton over theta with exact autodiff gradient and Hessian.
+"""Bounded projected Newton over theta with exact autodiff gradient and Hessian (or BFGS).
 
 The whole loop is one ``lax.while_loop`` (no host round trip per iteration), so a fit is one
 compiled program that can be vmapped. Each iteration (Bertsekas' projected Newton):
@@ -10,8 +10,9 @@ compiled program that can be vmapped. Each iteration (Bertsekas' projected Newto
   (absolute eigenvalues, floored), which is a descent direction also away from convexity;
 * backtracking (Armijo) along the projected path theta(a) = max(theta + a d, lower).
 
-Convergence is certified on the projected gradient and the Newton decrement, not on a
-flag. ``status`` codes are in STATUS.
+With ``exact_hessian=False`` the Hessian is replaced by a BFGS approximation (see
+``minimize``). Convergence is certified on the projected gradient and the Newton decrement,
+not on a flag. ``status`` codes are in STATUS.
 """
 
 from __future__ import annotations
@@ -215,7 +216,9 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
             f=jnp.where(move, f_new, f),
             g=g, H=H,
             it=s.it + jnp.where(move | reprobe, 1, 0).astype(jnp.int32),
-            nfev=(s.nfev + 1 + nls).astype(jnp.int32),
+            # (+ k gradients for the finite-difference start of BFGS)
+            nfev=(s.nfev + 1 + nls + jnp.where((s.it == 0) & (not exact_hessian), k, 0)
+                  ).astype(jnp.int32),
             status=status,
             dec=jnp.where(move, dec, s.dec),
             theta_prev=s.theta,
