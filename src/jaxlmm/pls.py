@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from . import smallblock as sb
@@ -77,10 +78,19 @@ def _scale_dense(M, T, struct):
     return M.at[diag, diag].add(1.0)
 
 
+def chol_sym(M):
+    """Cholesky factor of a matrix that is symmetric by construction.
+
+    Skips jnp.linalg.cholesky's (M + M')/2, a transposed copy of the whole block that cost
+    6.5 of 16 ms on the 1,160-row InstEval block; only the lower triangle is read.
+    """
+    return lax.linalg.cholesky(M, symmetrize_input=False)
+
+
 def factorize(theta, stats: Stats) -> Factorization:
     """Blocked Cholesky factor of Omega(theta). Pure and jittable; cost independent of n."""
     T, Ls, C, P, E, M = eliminate_chain(theta, stats)
-    return Factorization(T, Ls, C, P, E, jnp.linalg.cholesky(M))
+    return Factorization(T, Ls, C, P, E, chol_sym(M))
 
 
 def eliminate_chain(theta, stats: Stats):
@@ -178,7 +188,7 @@ def dense_logdets(M, mr: int, p: int):
     several m^3 triangular solves and products per tangent) and JAX transposes it for
     reverse mode.
     """
-    L = jnp.linalg.cholesky(M)
+    L = chol_sym(M)
     d = jnp.log(jnp.diagonal(L))
     return 2.0 * jnp.sum(d[:mr]), 2.0 * jnp.sum(d[mr:mr + p]), L[-1, -1] ** 2
 
@@ -186,7 +196,7 @@ def dense_logdets(M, mr: int, p: int):
 @dense_logdets.defjvp
 def _dense_logdets_jvp(mr, p, primals, tangents):
     (M,), (dM,) = primals, tangents
-    L = jnp.linalg.cholesky(M)
+    L = chol_sym(M)
     d = jnp.log(jnp.diagonal(L))
     r2 = L[-1, -1] ** 2
     out = (2.0 * jnp.sum(d[:mr]), 2.0 * jnp.sum(d[mr:mr + p]), r2)
