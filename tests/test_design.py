@@ -358,3 +358,31 @@ def test_formula_without_random_effects_is_rejected():
     df = pd.DataFrame({"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 2.0]})
     with pytest.raises(FormulaError, match="no random-effects terms"):
         build_design("y ~ x", df)
+
+
+def test_reused_formula_specs_follow_the_new_data():
+    """Specs are cached per formula and column layout; the matrices must still come from the
+    new data, and stateful transforms (center) must not be cached at all."""
+    import numpy as np
+    import pandas as pd
+
+    from jaxlmm.design import build_design
+
+    rng = np.random.default_rng(3)
+
+    def frame(shift):
+        n = 40
+        return pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n) + shift,
+                             "f": pd.Categorical(rng.choice(["a", "b", "c"], n),
+                                                 categories=["a", "b", "c"]),
+                             "g": np.repeat(np.arange(8), 5)})
+
+    d1, d2 = frame(0.0), frame(5.0)
+    for d in (d1, d2, d1):
+        des = build_design("y ~ x + f + (1 + x | g)", d)
+        np.testing.assert_array_equal(des.X[:, 1], d["x"].to_numpy())
+        np.testing.assert_array_equal(des.X[:, 2], (d["f"] == "b").to_numpy(float))
+        np.testing.assert_array_equal(des.terms[0].Z[:, 1], d["x"].to_numpy())
+    for d in (d1, d2):
+        des = build_design("y ~ center(x) + (1 | g)", d)
+        assert abs(des.X[:, 1].mean()) < 1e-12

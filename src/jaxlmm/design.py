@@ -228,8 +228,10 @@ def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -
     for expr in parsed.offsets:
         in_exprs.update(_expr_columns(expr, frame, f"offset({expr})"))
     # columns used only as grouping factors never reach formulaic
-    prepared = pd.DataFrame({c: _model_column(sub[c], c, cache) for c in used
-                             if c != parsed.response and c in in_exprs}, index=sub.index)
+    cols = {c: _model_column(sub[c], c, cache) for c in used
+            if c != parsed.response and c in in_exprs}
+    # (an index only for the column-free case: aligning given Series on it costs a copy each)
+    prepared = pd.DataFrame(cols) if cols else pd.DataFrame(index=sub.index)
     prepared[parsed.response] = y  # usable in expressions too
     nan_rows = np.zeros(len(sub), dtype=bool)
 
@@ -609,15 +611,46 @@ def _formulaic_inputs(prepared: pd.DataFrame, ordered) -> tuple[pd.DataFrame, di
     return prepared, ctx
 
 
+_SPEC_CACHE: dict = {}  # formulaic ModelSpecs of recent (expression, column layout) pairs
+
+
+def _spec_key(expr: str, prepared: pd.DataFrame):
+    """Cache key for a formulaic spec, or None when the spec could depend on the data values.
+
+    Parsing the formula is most of the per-fit cost of a small model (about 1 ms per matrix).
+    A spec is reused only for expressions without function calls (a stateful transform such
+    as center(x) would carry the first data set's mean) and only when every column has the
+    same name, dtype and categories.
+    """
+    if "(" in expr:
+        return None
+    cols = []
+    for c in prepared.columns:
+        dt = prepared[c].dtype
+        cats = tuple(dt.categories) if isinstance(dt, pd.CategoricalDtype) else None
+        ordered = bool(dt.ordered) if isinstance(dt, pd.CategoricalDtype) else None
+        cols.append((c, str(dt) if cats is None else "category", cats, ordered))
+    return expr, tuple(cols)
+
+
 def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, where: str):
     """formulaic model matrix of ``expr`` with R-style names; returns (M, names, MatrixSpec)."""
     from formulaic import model_matrix
 
     ordered = tuple(c for c in prepared.columns if _is_ordered(prepared[c]))
     data, ctx = _formulaic_inputs(prepared, ordered)
+    key = _spec_key(expr, prepared)
     try:
         with np.errstate(all="ignore"):
-            mm = model_matrix(expr, data, ensure_full_rank=True, na_action="ignore", context=ctx)
+            if key is not None and key in _SPEC_CACHE:
+                mm = _SPEC_CACHE[key].get_model_matrix(data, na_action="ignore", context=ctx)
+            else:
+                mm = model_matrix(expr, data, ensure_full_rank=True, na_action="ignore",
+                                  context=ctx)
+                if key is not None:
+                    if len(_SPEC_CACHE) >= 64:
+                        _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))
+                    _SPEC_CACHE[key] = mm.model_spec
     except DataError:
         raise
     except Exception as exc:  # formulaic parse / evaluation errors
