@@ -18,7 +18,6 @@ first (the criterion is corrected exactly for the scaling; see docs/numerics.md)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -53,9 +52,6 @@ class Stats:
     ldw: jax.Array  # sum(log(prior weights))
     log_scale: jax.Array  # (2,): log(y scale), sum(log(X column scales))
     struct: Structure
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)
 
 
 @dataclass(frozen=True)
