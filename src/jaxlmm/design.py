@@ -143,7 +143,7 @@ def build_design(formula, data, *, weights=None, offset=None) -> Design:
                  "ordinary least squares")
     frame = _as_frame(data)
     n_in = len(frame)
-    used = _used_columns(parsed, frame)
+    used, in_exprs = _used_columns(parsed, frame)
     w_in = _extra_vector(weights, frame, "weights")
     o_in = _extra_vector(offset, frame, "offset")
 
@@ -169,7 +169,7 @@ def build_design(formula, data, *, weights=None, offset=None) -> Design:
 
     n_nan = 0
     for _ in range(3):
-        built = _build(parsed, frame, rows, used, w_in, o_in)
+        built = _build(parsed, frame, rows, used, in_exprs, w_in, o_in)
         bad = built.pop("nan_rows")
         if not bad.any():
             break
@@ -217,16 +217,12 @@ def build_design(formula, data, *, weights=None, offset=None) -> Design:
     )
 
 
-def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, w_in, o_in) -> dict:
+def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, in_exprs, w_in,
+           o_in) -> dict:
     """Model matrices on ``rows``; ``nan_rows`` flags rows made NaN by transformations."""
     sub = frame.iloc[rows][list(used)].reset_index(drop=True)
     y = _response(sub[parsed.response], parsed.response, rows)
     cache: dict = {}  # factor codes/levels per column, computed once
-    in_exprs = set(_expr_columns(parsed.fixed, frame, "the fixed-effects part"))
-    for spec in parsed.random:
-        in_exprs.update(_expr_columns(spec.expr, frame, spec.source))
-    for expr in parsed.offsets:
-        in_exprs.update(_expr_columns(expr, frame, f"offset({expr})"))
     # columns used only as grouping factors never reach formulaic
     cols = {c: _model_column(sub[c], c, cache) for c in used
             if c != parsed.response and c in in_exprs}
@@ -334,24 +330,28 @@ def _expr_columns(expr: str, frame: pd.DataFrame, where: str) -> list[str]:
     return out
 
 
-def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
-    """All data columns the model uses, response first; checks they exist."""
+def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> tuple[list[str], set[str]]:
+    """All data columns the model uses, response first (checks they exist), and the set of
+    those that appear in model-matrix expressions (not only as grouping factors)."""
     used: list[str] = []
+    in_exprs: set[str] = set()
 
-    def extend(names):
+    def extend(names, expression=True):
         used.extend(c for c in names if c not in used)
+        if expression:
+            in_exprs.update(names)
 
-    extend(_expr_columns(quote_name(parsed.response), frame, "the response"))
+    extend(_expr_columns(quote_name(parsed.response), frame, "the response"), False)
     extend(_expr_columns(parsed.fixed, frame, "the fixed-effects part"))
     for spec in parsed.random:
         extend(_expr_columns(spec.expr, frame, spec.source))
         for name in group_variables(spec.group):
             if name not in set(map(str, frame.columns)):
                 raise _unknown(name, frame, f"grouping factor of {spec.source}")
-            extend([name])
+            extend([name], False)
     for expr in parsed.offsets:
         extend(_expr_columns(expr, frame, f"offset({expr})"))
-    return used
+    return used, in_exprs
 
 
 def _extra_vector(arg, frame: pd.DataFrame, what: str):

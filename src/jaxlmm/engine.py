@@ -25,7 +25,6 @@ class FitResult(NamedTuple):
     sol: Solution
 
 
-
 def use_exact_hessian(struct, hessian: str = "auto") -> bool:
     """Exact Hessians pay off unless a large dense Schur block makes them costly.
 

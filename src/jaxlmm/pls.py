@@ -188,7 +188,10 @@ def dense_logdets(M, mr: int, p: int):
     several m^3 triangular solves and products per tangent) and JAX transposes it for
     reverse mode.
     """
-    L = chol_sym(M)
+    return _logdets_of_factor(chol_sym(M), mr, p)
+
+
+def _logdets_of_factor(L, mr, p):
     d = jnp.log(jnp.diagonal(L))
     return 2.0 * jnp.sum(d[:mr]), 2.0 * jnp.sum(d[mr:mr + p]), L[-1, -1] ** 2
 
@@ -197,9 +200,8 @@ def dense_logdets(M, mr: int, p: int):
 def _dense_logdets_jvp(mr, p, primals, tangents):
     (M,), (dM,) = primals, tangents
     L = chol_sym(M)
-    d = jnp.log(jnp.diagonal(L))
-    r2 = L[-1, -1] ** 2
-    out = (2.0 * jnp.sum(d[:mr]), 2.0 * jnp.sum(d[mr:mr + p]), r2)
+    out = _logdets_of_factor(L, mr, p)
+    r2 = out[2]
     m = M.shape[0]
     # rows mr.. of L^{-1}: solve L' Z = I[:, mr:]
     Wt = solve_triangular(L, jnp.eye(m, dtype=M.dtype)[:, mr:], lower=True, trans="T").T
