@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .deviance import objective
+from .deviance import derivatives, objective
 from .optimize import OptResult, minimize
 from .pls import LARGE_DENSE
 from .solve import Solution, solve
@@ -44,7 +44,8 @@ def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200,
     """Optimize the profiled criterion over theta >= lower and solve at the optimum."""
     lower = jnp.asarray(stats.struct.lower, theta0.dtype)
     opt = minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter,
-                   exact_hessian=use_exact_hessian(stats.struct, hessian))
+                   exact_hessian=use_exact_hessian(stats.struct, hessian),
+                   derivs=derivatives(stats.struct, theta0.shape[0]))
     return FitResult(opt, solve(opt.theta, stats, reml))
 
 

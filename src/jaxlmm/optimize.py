@@ -10,9 +10,13 @@ compiled program that can be vmapped. Each iteration (Bertsekas' projected Newto
   (absolute eigenvalues, floored), which is a descent direction also away from convexity;
 * backtracking (Armijo) along the projected path theta(a) = max(theta + a d, lower).
 
-With ``exact_hessian=False`` the Hessian is replaced by a BFGS approximation (see
-``minimize``). Convergence is certified on the projected gradient and the Newton decrement,
-not on a flag. ``status`` codes are in STATUS.
+Far from the optimum each step is first line-searched on values (cheap), and derivatives are
+evaluated at the accepted point. Once a step has been taken at full length (the Newton
+phase), the next trial point is evaluated with its derivatives at once, which saves the
+line search's separate evaluation; a rejected trial falls back to value-only backtracking. With ``exact_hessian=False`` the
+Hessian is a BFGS approximation started from the exact Hessian at theta0 (see ``minimize``).
+Convergence is certified on the projected gradient and the Newton decrement, not on a flag.
+``status`` codes are in STATUS.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from .autodiff import Derivatives, autodiff
 
 STATUS = {
     0: "converged",
@@ -43,18 +49,21 @@ class OptResult(NamedTuple):
 
 
 class _State(NamedTuple):
-    theta: jax.Array
+    theta: jax.Array  # accepted point, with f, g, H there
     f: jax.Array
     g: jax.Array
     H: jax.Array
+    cand: jax.Array  # the next point to evaluate
+    pre: jax.Array  # cand already passed the line search (or is theta0)
+    trust: jax.Array  # the last step was taken at full length: evaluate cand with derivatives
+    d: jax.Array  # step direction from theta
+    dec_next: jax.Array  # predicted decrease of that step (inf for a probe)
+    probe: jax.Array  # coordinates the step probes inward
+    dec: jax.Array  # predicted decrease of the step that led to theta
     it: jax.Array
     nfev: jax.Array
     status: jax.Array  # -1 while running
-    dec: jax.Array  # last Newton decrement
-    theta_prev: jax.Array  # for the BFGS pair (s, y)
-    moved: jax.Array  # whether the last iteration moved theta
     probed: jax.Array  # bound coordinates already probed inward (quasi-Newton)
-    nupd: jax.Array  # BFGS updates so far
 
 
 def _proj_grad(theta, g, lower):
@@ -63,67 +72,23 @@ def _proj_grad(theta, g, lower):
 
 
 MAX_STEP = 0.5  # largest change of any theta in one quasi-Newton step
-FORWARD_MAX = 12  # up to this many parameters, derivatives are forward-over-forward
 
 
-def _value_grad(f, k):
-    """theta -> (f, g): forward mode for few parameters, reverse mode otherwise."""
-    if k > FORWARD_MAX:
-        return jax.value_and_grad(f)
-
-    def value_grad(t):
-        g, v = jax.jacfwd(lambda s: (lambda fs: (fs, fs))(f(s)), has_aux=True)(t)
-        return v, g
-
-    return value_grad
-
-
-def _value_grad_hessian(f, k):
-    """theta -> (H, (f, g)) with exact derivatives.
-
-    For few parameters forward-over-forward mode is both faster to run (7.7 ms against
-    32 ms for reverse-then-forward on a 10k-group model, k = 3) and faster to compile;
-    the reverse pass through the scatter/gather of the blocked factor is what costs.
-    """
-    vg = _value_grad(f, k)
-
-    def grad_aux(t):
-        v, g = vg(t)
-        return g, (v, g)
-
-    return jax.jacfwd(grad_aux, has_aux=True)
-
-
-def _bfgs_update(B, sv, yv, first):
+def _bfgs_update(B, sv, yv):
     """BFGS update of the Hessian approximation B with step sv and gradient change yv.
 
-    Before the first update B is reset to (y'y / s'y) I (Shanno-Phua scaling). Pairs with
-    too little curvature (s'y <= 1e-10 |s||y|) leave B unchanged, which keeps it PD.
+    Pairs with too little curvature (s'y <= 1e-10 |s||y|) leave B unchanged, which keeps it
+    positive definite.
     """
     sy = jnp.dot(sv, yv)
     ok = sy > 1e-10 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv)
-    k = B.shape[0]
-    B = jnp.where(first & ok, jnp.eye(k, dtype=B.dtype) * jnp.dot(yv, yv) / sy, B)
     Bs = B @ sv
     Bn = B - jnp.outer(Bs, Bs) / jnp.dot(sv, Bs) + jnp.outer(yv, yv) / sy
     return jnp.where(ok, Bn, B)
 
 
-def _fd_hessian(value_grad, theta, g, lower):
-    """Starting Hessian for BFGS: forward differences of the exact gradient (k gradients).
-
-    Steps go inward from a bound; the result is symmetrized and its eigenvalues floored so
-    that BFGS starts from a positive definite matrix with the right scales. Starting BFGS
-    from this instead of a scaled identity halved the iterations on InstEval.
-    """
-    k = theta.shape[0]
-    h = 1e-4 * jnp.maximum(1.0, jnp.abs(theta))
-
-    def column(i):
-        e = jnp.zeros(k, theta.dtype).at[i].set(h[i])
-        return (value_grad(theta + e)[1] - g) / h[i]
-
-    H = jnp.stack([column(i) for i in range(k)], axis=1)
+def _positive(H):
+    """H with its eigenvalues replaced by their floored absolute values (a BFGS start)."""
     H = 0.5 * (H + H.T)
     lam, V = jnp.linalg.eigh(H)
     lam = jnp.maximum(jnp.abs(lam), 1e-6 * jnp.maximum(1.0, jnp.max(jnp.abs(lam))))
@@ -131,57 +96,43 @@ def _fd_hessian(value_grad, theta, g, lower):
 
 
 def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-12,
-             exact_hessian=True):
+             exact_hessian=True, derivs: Derivatives | None = None):
     """Minimize ``fun(theta, *args)`` subject to ``theta >= lower``; jittable, vmappable.
 
-    Each iteration evaluates value, gradient (and with ``exact_hessian`` the Hessian) once
-    (one site in the compiled program, which keeps compile time down), tests convergence,
-    then takes a projected (quasi-)Newton step with a backtracking line search on values.
-    Without ``exact_hessian`` the Hessian is a BFGS approximation, for problems where exact
-    second derivatives cost much more than gradients (large dense Schur blocks); there a
-    variance stuck at 0 with zero gradient is probed inward once before it is accepted.
+    ``derivs`` supplies value, value+gradient and value+gradient+Hessian (default: autodiff
+    of ``fun``). Each appears once in the compiled program, which keeps compile time down.
+    Each iteration evaluates the candidate point with its derivatives, accepts it on the
+    Armijo condition (else backtracks on values only), tests convergence and takes a
+    projected (quasi-)Newton step. Without ``exact_hessian`` the Hessian is a BFGS
+    approximation, for problems where exact second derivatives cost much more than
+    gradients; there a variance stuck at 0 with zero gradient is probed inward once before
+    it is accepted.
     """
     lower = jnp.asarray(lower, theta0.dtype)
     k = theta0.shape[0]
-    f_only = lambda t: fun(t, *args)  # noqa: E731
-    hess_aux = _value_grad_hessian(f_only, k)
-    exact_value_grad = _value_grad(f_only, k)  # Newton route: cheapest exact mode
-    value_grad = jax.value_and_grad(f_only)  # BFGS route (large dense blocks): reverse mode
+    derivs = autodiff(fun, k) if derivs is None else derivs
 
-    def body(s: _State) -> _State:
-        if exact_hessian:
-            # when the last step's Newton decrement already certifies convergence, the
-            # Hessian at the final point is not needed: value and gradient suffice
-            final = s.dec <= ftol * (1.0 + jnp.abs(s.f))
+    def evaluate(t, need_h, H_old):
+        def with_h():
+            return derivs.value_grad_hessian(t, *args)
 
-            def with_hessian():
-                return hess_aux(s.theta)
+        def without_h():
+            f, g = derivs.value_grad(t, *args)
+            return f, g, H_old
 
-            def without_hessian():
-                return s.H, exact_value_grad(s.theta)
+        return lax.cond(need_h, with_h, without_h)
 
-            H, (f, g) = lax.cond(final, without_hessian, with_hessian)
-        else:
-            f, g = value_grad(s.theta)
-            B0 = lax.cond(s.it == 0, lambda: _fd_hessian(value_grad, s.theta, g, lower),
-                          lambda: s.H)
-            H = jnp.where(s.moved, _bfgs_update(B0, s.theta - s.theta_prev, g - s.g, s.nupd == 0),
-                          B0)
+    def direction(theta, f, g, H, probed):
         scale = 1.0 + jnp.abs(f)
-        at = s.theta <= lower
+        at = theta <= lower
         tiny = 1e-12 * scale
         if exact_hessian:
             hdiag = jnp.diagonal(H)
             active = at & ((g > tiny) | ((g >= -tiny) & (hdiag >= 0.0)))
             probe = at & ~active & (g >= -tiny)  # stationary on the bound, negative curvature
         else:
-            stationary_at = at & (jnp.abs(g) <= tiny)
-            probe = stationary_at & ~s.probed
+            probe = at & (jnp.abs(g) <= tiny) & ~probed
             active = at & ~probe & (g >= -tiny)
-        pg = jnp.max(jnp.abs(_proj_grad(s.theta, g, lower)), initial=0.0)
-        done = ((s.dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
-        bad = ~jnp.isfinite(f)
-
         free = ~active
         both = free[:, None] & free[None, :]
         HF = jnp.where(both, H, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
@@ -196,48 +147,93 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
             d = d * jnp.minimum(1.0, MAX_STEP / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
         # a probe step has no Newton decrement to speak of: never converge on it
         dec = jnp.where(jnp.any(probe), jnp.inf, -jnp.dot(gF, d))
+        return d, dec, probe
 
-        def ls_cond(c):
-            return (~c[4]) & (c[3] < 40) & ~done & ~bad & (s.it < max_iter)
+    def armijo(fn, t, s):
+        ok = jnp.isfinite(fn) & (fn <= s.f + 1e-4 * jnp.dot(s.g, t - s.theta))
+        return ok & ((fn < s.f) | ~jnp.any(s.probe))  # an inward probe must really decrease f
 
-        def ls_body(c):
-            alpha, _, _, n, _ = c
-            t = jnp.maximum(s.theta + alpha * d, lower)
-            fn = fun(t, *args)
-            ok = jnp.isfinite(fn) & (fn <= f + 1e-4 * jnp.dot(g, t - s.theta))
-            ok = ok & ((fn < f) | ~jnp.any(probe))  # an inward probe must really decrease f
-            return alpha * jnp.where(ok, 1.0, 0.5), fn, t, n + 1, ok
+    def backtrack(s, alpha0):
+        """Value-only backtracking along s.d from s.theta, from the step length alpha0."""
+        def cond(c):
+            return (~c[3]) & (c[2] < 40)
 
-        init = (jnp.asarray(1.0, f.dtype), f, s.theta, jnp.int32(0), jnp.asarray(False))
-        _, f_new, t_new, nls, ok = lax.while_loop(ls_cond, ls_body, init)
+        def body(c):
+            alpha, _, n, _ = c
+            t = jnp.maximum(s.theta + alpha * s.d, lower)
+            ok = armijo(fun(t, *args), t, s)
+            return alpha * jnp.where(ok, 1.0, 0.5), t, n + 1, ok
+
+        init = (alpha0, s.theta, jnp.int32(0), jnp.asarray(False))
+        _, t, n, ok = lax.while_loop(cond, body, init)
+        return t, n, ok
+
+    def body(s: _State) -> _State:
+        first = s.nfev == 0
+        scale0 = 1.0 + jnp.abs(s.f)
+        # exact mode: no Hessian where the step's decrement already certifies convergence;
+        # quasi-Newton: the exact Hessian once, at theta0
+        need_h = first | (exact_hessian & ~(s.dec_next <= ftol * scale0))
+        do_eval = s.pre | s.trust
+        fc, gc, Hc = lax.cond(do_eval, lambda: evaluate(s.cand, need_h, s.H),
+                              lambda: (s.f, s.g, s.H))
+        acc = do_eval & (s.pre | armijo(fc, s.cand, s))
+        if exact_hessian:
+            Hn = Hc
+        else:
+            Hn = jnp.where(first, _positive(Hc), _bfgs_update(s.H, s.cand - s.theta, gc - s.g))
+        theta = jnp.where(acc, s.cand, s.theta)
+        f = jnp.where(acc, fc, s.f)
+        g = jnp.where(acc, gc, s.g)
+        H = jnp.where(acc, Hn, s.H)
+        dec = jnp.where(acc, s.dec_next, s.dec)
+        it = s.it + jnp.where(acc & ~first, 1, 0).astype(jnp.int32)
+
+        # an untrusted or rejected candidate: line search on values (from the full step,
+        # or from half of a rejected one); a failed inward probe (quasi-Newton) just marks
+        # the bound as checked
+        alpha0 = jnp.where(do_eval, 0.5, 1.0).astype(s.f.dtype)
+        t_bt, nls, ok_bt = lax.cond(acc, lambda: (s.cand, jnp.int32(0), jnp.asarray(True)),
+                                    lambda: backtrack(s, alpha0))
+        full = ~do_eval & ok_bt & (nls == 1)  # the value search took the full step
+        reprobe = ~acc & ~ok_bt & jnp.any(s.probe) & (not exact_hessian)
+        probed = s.probed | (reprobe & s.probe)
+
+        d, dec_next, probe = direction(theta, f, g, H, probed)
+        scale = 1.0 + jnp.abs(f)
+        pg = jnp.max(jnp.abs(_proj_grad(theta, g, lower)), initial=0.0)
+        done = acc & ((dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
+        bad = first & ~jnp.isfinite(fc)
+        out_of_budget = acc & (it >= max_iter)
         # a failed line search at an already stationary point counts as converged
-        stationary = (pg <= 1e-4 * scale) & ~jnp.any(probe)
-        # a failed inward probe (quasi-Newton) just marks the bound as checked
-        reprobe = (~ok) & jnp.any(probe) & (not exact_hessian)
-        out_of_budget = s.it >= max_iter
+        stationary = ~acc & ~ok_bt & ~reprobe & (pg <= 1e-4 * scale) & ~jnp.any(s.probe)
+        failed = ~acc & ~ok_bt & ~reprobe
         status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(out_of_budget, 1, jnp.where(
-            ok | reprobe, -1, jnp.where(stationary, 0, 2))))).astype(jnp.int32)
-        move = ok & ~done & ~bad & ~out_of_budget
+            stationary, 0, jnp.where(failed, 2, -1))))).astype(jnp.int32)
+        new_step = acc | reprobe
         return _State(
-            theta=jnp.where(move, t_new, s.theta),
-            f=jnp.where(move, f_new, f),
-            g=g, H=H,
-            it=s.it + jnp.where(move | reprobe, 1, 0).astype(jnp.int32),
-            # (+ k gradients for the finite-difference start of BFGS)
-            nfev=(s.nfev + 1 + nls + jnp.where((s.it == 0) & (not exact_hessian), k, 0)
-                  ).astype(jnp.int32),
+            theta=theta, f=f, g=g, H=H,
+            cand=jnp.where(new_step, jnp.maximum(theta + d, lower), t_bt),
+            pre=~new_step & ok_bt,
+            # trusted: the step to theta was full length (directly or by the value search)
+            trust=jnp.where(acc, ~s.pre | s.trust, full) & ~first,
+            d=jnp.where(new_step, d, s.d),
+            dec_next=jnp.where(new_step, dec_next, s.dec_next),
+            probe=jnp.where(new_step, probe, s.probe),
+            dec=dec, it=it,
+            nfev=(s.nfev + jnp.where(do_eval, 1, 0) + nls).astype(jnp.int32),
             status=status,
-            dec=jnp.where(move, dec, s.dec),
-            theta_prev=s.theta,
-            moved=move,
-            probed=s.probed | probe,  # each bound is probed at most once
-            nupd=s.nupd + jnp.where(s.moved, 1, 0).astype(jnp.int32),
+            # each bound is probed at most once (quasi-Newton)
+            probed=probed | jnp.where(new_step, probe, False),
         )
 
     z = jnp.zeros((), theta0.dtype)
-    s0 = _State(theta0, z, jnp.zeros(k, theta0.dtype), jnp.eye(k, dtype=theta0.dtype),
-                jnp.int32(0), jnp.int32(0), jnp.int32(-1), jnp.asarray(jnp.inf, theta0.dtype),
-                theta0, jnp.asarray(False), jnp.zeros(k, bool), jnp.int32(0))
+    inf = jnp.asarray(jnp.inf, theta0.dtype)
+    zk = jnp.zeros(k, theta0.dtype)
+    s0 = _State(theta0, z, zk, jnp.eye(k, dtype=theta0.dtype), theta0, jnp.asarray(True),
+                jnp.asarray(False), zk,
+                inf, jnp.zeros(k, bool), inf, jnp.int32(0), jnp.int32(0), jnp.int32(-1),
+                jnp.zeros(k, bool))
     s = lax.while_loop(lambda s: s.status < 0, body, s0)
     pg = jnp.max(jnp.abs(_proj_grad(s.theta, s.g, lower)), initial=0.0)
     return OptResult(s.theta, s.f, s.g, pg, s.it, s.nfev, s.status)

@@ -16,15 +16,14 @@ squared). See docs/numerics.md for the derivation.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_solve, solve_triangular
 
 from . import smallblock as sb
+from .dense import chol_sym
 from .stats import Stats
 
 
@@ -74,17 +73,10 @@ def _scale_dense(M, T, struct):
         M = M.at[sl, :].set(jnp.einsum("ca,gcm->gam", t, blk).reshape(G * q, m))
         blk = M[:, sl].reshape(m, G, q)
         M = M.at[:, sl].set(jnp.einsum("mgc,ca->mga", blk, t).reshape(m, G * q))
-    diag = jnp.arange(struct.m_rand)
-    return M.at[diag, diag].add(1.0)
-
-
-def chol_sym(M):
-    """Cholesky factor of a matrix that is symmetric by construction.
-
-    Skips jnp.linalg.cholesky's (M + M')/2, a transposed copy of the whole block that cost
-    6.5 of 16 ms on the 1,160-row InstEval block; only the lower triangle is read.
-    """
-    return lax.linalg.cholesky(M, symmetrize_input=False)
+    # + I on the random-effects diagonal as a dense add, not a scatter: a scatter would make
+    # every forward tangent of this block a materialized m x m copy
+    eye_r = (jnp.arange(m) < struct.m_rand).astype(M.dtype)
+    return M + jnp.diag(eye_r)
 
 
 def factorize(theta, stats: Stats) -> Factorization:
@@ -95,6 +87,53 @@ def factorize(theta, stats: Stats) -> Factorization:
 
 def eliminate_chain(theta, stats: Stats):
     """Steps 1-2: chain factors eliminated; returns their blocks and the dense Schur block."""
+    T, Ls, C, P, E, Msc, parts = schur_parts(theta, stats)
+    return T, Ls, C, P, E, assemble(Msc, parts)
+
+
+def assemble(Msc, parts):
+    """M = Msc - (U + U' - diag U), U the lower triangle of the scattered Schur updates.
+
+    ``parts`` maps a tag to (flat index row * m + col, values, sorted); updates that land above
+    the diagonal (inside a vector factor's diagonal block) are dropped by the tril.
+    """
+    m = Msc.shape[0]
+    U = jnp.zeros((m * m,), Msc.dtype)
+    for idx, vals, is_sorted in parts.values():
+        if is_sorted:
+            U = U + jax.ops.segment_sum(vals, idx, m * m, indices_are_sorted=True)
+        else:
+            U = U.at[idx].add(vals)
+    U = jnp.tril(U.reshape(m, m))
+    return Msc - (U + U.T - jnp.diag(jnp.diag(U)))
+
+
+def weights(Gamma):
+    """Flat weights w with <Gamma, U + U' - diag U> = sum w[idx] * values over the parts."""
+    return (2.0 * jnp.tril(Gamma, -1) + jnp.diag(jnp.diag(Gamma))).ravel()
+
+
+def contract(Gamma, Msc, parts, w=None):
+    """<Gamma, assemble(Msc, parts)> for symmetric Gamma, without scattering anything.
+
+    By linearity, <Gamma, U + U' - diag U> = sum over the updates of w[idx] * values with
+    w = 2 tril(Gamma, -1) + diag(Gamma) (zero above the diagonal, as the tril drops those).
+    This is what the derivatives of the criterion need (dense.py): a gather, not a scatter.
+    """
+    w = weights(Gamma) if w is None else w
+    out = jnp.sum(Gamma * Msc)
+    for idx, vals, _ in parts.values():
+        out = out - jnp.dot(w[idx], vals)
+    return out
+
+
+def schur_parts(theta, stats: Stats):
+    """Steps 1-2 with the dense block's Schur update left as a list of scatter parts.
+
+    Returns (T, Ls, C, P, E, Msc, parts): Msc = Lambda' M Lambda + I on the dense block and
+    ``parts`` the updates (see ``assemble``), so that the dense block can either be formed
+    (``assemble``) or contracted with a fixed matrix (``contract``).
+    """
     st = stats.struct
     nchain = len(st.chain)
     K = len(st.factors)
@@ -106,10 +145,10 @@ def eliminate_chain(theta, stats: Stats):
     C = {(k, l): sb.matmul_tn(T[l], sb.matmul(c, T[k])) for (k, l), c in stats.C.items()}
     P = {(k, r): sb.matmul_tn(T[r], sb.matmul(p, T[k])) for (k, r), p in stats.P.items()}
     E = [sb.matmul(e, T[k]) for k, e in enumerate(stats.E)]
-    M = _scale_dense(stats.M, T, st)
+    Msc = _scale_dense(stats.M, T, st)
     m = st.m
     xy0 = st.m_rand
-    U = jnp.zeros((m * m,), theta.dtype)  # Schur update of the dense block, lower part
+    parts = {}
     Ls = []
     for k in range(nchain):
         Lk = sb.cholesky(D[k])
@@ -139,23 +178,25 @@ def eliminate_chain(theta, stats: Stats):
             for r2 in range(nchain, r + 1):
                 _, qr2 = st.factors[r2]
                 a, b = stats.ppa[k, r, r2], stats.ppb[k, r, r2]
-                vals = sb.matmul_nt(P[k, r][a], P[k, r2][b])  # (npp, qr, qr2)
+                # the barrier keeps XLA from fusing P's producers into the gathers below
+                # (recomputed per pair of pairs: 3x slower derivatives on the crossed model)
+                pa, pb = lax.optimization_barrier((P[k, r], P[k, r2]))
+                vals = sb.matmul_nt(pa[a], pb[b])  # (npp, qr, qr2)
                 tgt = stats.ppt[k, r, r2]
                 for ia in range(qr):
                     for ib in range(qr2):
-                        U = U + jax.ops.segment_sum(vals[:, ia, ib], tgt + (ia * m + ib), m * m,
-                                                    indices_are_sorted=True)
+                        parts["pp", k, r, r2, ia, ib] = (tgt + (ia * m + ib), vals[:, ia, ib],
+                                                         True)
             zxy = sb.matmul_nt(E[k][stats.pj[k, r]], P[k, r])  # (npairs, p+1, qr)
             zxy = jax.ops.segment_sum(zxy, stats.pi[k, r], Gr)  # (Gr, p+1, qr)
             row = xy0 + jnp.arange(st.p + 1)[None, :, None]
             col = offr + jnp.arange(Gr)[:, None, None] * qr + jnp.arange(qr)[None, None, :]
-            U = U.at[(row * m + col).ravel()].add(zxy.ravel())
+            parts["zxy", k, r] = ((row * m + col).ravel(), zxy.ravel(), False)
         ek = E[k].transpose(0, 2, 1).reshape(-1, st.p + 1)
         exy = ek.T @ ek
-        U = U.reshape(m, m).at[xy0:, xy0:].add(exy).ravel()
-    U = jnp.tril(U.reshape(m, m))
-    M = M - (U + U.T - jnp.diag(jnp.diag(U)))
-    return T, tuple(Ls), C, P, tuple(E), M
+        xy = xy0 + jnp.arange(st.p + 1)
+        parts["exy", k] = ((xy[:, None] * m + xy[None, :]).ravel(), exy.ravel(), False)
+    return T, tuple(Ls), C, P, tuple(E), Msc, parts
 
 
 class Pieces(NamedTuple):
@@ -174,42 +215,4 @@ def pieces(f: Factorization, struct) -> Pieces:
     return Pieces(logdet_l, logdet_x, f.LM[-1, -1] ** 2)
 
 
-LARGE_DENSE = 256  # dense blocks with more random-effect rows use the rules below and BFGS
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def dense_logdets(M, mr: int, p: int):
-    """(log|M_rr|, log|R_X|^2, r^2) of the dense Schur block M = [rest; X; y].
-
-    With W = L^{-1} (rows w_i) and M_k the leading k x k block, log|M_k| = sum_{i<k} log L_ii^2
-    and d log|M_k| = sum_{i<k} w_i' dM w_i. So the tangents are <G_rr, dM_rr> (G_rr the
-    inverse of the rest block, from cho_solve), the X rows' w_i, and r^2 w_y' dM w_y. This is
-    cheaper than differentiating through the Cholesky factorization (one solve instead of
-    several m^3 triangular solves and products per tangent) and JAX transposes it for
-    reverse mode.
-    """
-    return _logdets_of_factor(chol_sym(M), mr, p)
-
-
-def _logdets_of_factor(L, mr, p):
-    d = jnp.log(jnp.diagonal(L))
-    return 2.0 * jnp.sum(d[:mr]), 2.0 * jnp.sum(d[mr:mr + p]), L[-1, -1] ** 2
-
-
-@dense_logdets.defjvp
-def _dense_logdets_jvp(mr, p, primals, tangents):
-    (M,), (dM,) = primals, tangents
-    L = chol_sym(M)
-    out = _logdets_of_factor(L, mr, p)
-    r2 = out[2]
-    m = M.shape[0]
-    # rows mr.. of L^{-1}: solve L' Z = I[:, mr:]
-    Wt = solve_triangular(L, jnp.eye(m, dtype=M.dtype)[:, mr:], lower=True, trans="T").T
-    q = jnp.sum((Wt @ dM) * Wt, axis=1)  # w_i' dM w_i for i >= mr
-    if mr > 0:
-        Lr = L[:mr, :mr]
-        Grr = cho_solve((Lr, True), jnp.eye(mr, dtype=M.dtype))
-        t1 = jnp.sum(Grr * dM[:mr, :mr])
-    else:
-        t1 = jnp.zeros((), M.dtype)
-    return out, (t1, jnp.sum(q[:p]), r2 * q[p])
+LARGE_DENSE = 256  # dense blocks with more random-effect rows use dense.py's derivative rules
