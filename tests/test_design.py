@@ -386,3 +386,32 @@ def test_reused_formula_specs_follow_the_new_data():
     for d in (d1, d2):
         des = build_design("y ~ center(x) + (1 | g)", d)
         assert abs(des.X[:, 1].mean()) < 1e-12
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + (x | g)", "y ~ 0 + x + z + (0 + x | g)", "y ~ x - 1 + (1 | g)",
+    "y ~ 1 + k + (1 + k || g)", "y ~ 1 + (1 | g)",
+])
+def test_plain_columns_fast_path_matches_formulaic(formula, monkeypatch):
+    """Sums of numeric columns skip formulaic; the matrices and names must be the same."""
+    from jaxlmm import design as design_mod
+
+    rng = np.random.default_rng(3)
+    n = 40
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
+                       "z": rng.normal(size=n), "k": rng.integers(0, 5, n),
+                       "g": rng.integers(0, 6, n).astype(str)})
+    df.loc[3, "x"] = np.nan
+    assert design_mod._plain_terms(design_mod.parse_formula(formula).fixed,
+                                   df.drop(columns="g")) is not None
+    fast = design_mod.build_design(formula, df)
+    monkeypatch.setattr(design_mod, "_plain_terms", lambda expr, prepared: None)
+    ref = design_mod.build_design(formula, df)
+    assert fast.fixef_names == ref.fixef_names
+    np.testing.assert_array_equal(fast.X, ref.X)
+    assert fast.n_dropped == ref.n_dropped == (1 if " x" in formula else 0)
+    for a, b in zip(fast.terms, ref.terms):
+        assert a.columns == b.columns
+        np.testing.assert_array_equal(a.Z, b.Z)
+    new = df.iloc[:5]
+    np.testing.assert_array_equal(fast.fixed_spec.matrix(new), ref.fixed_spec.matrix(new))

@@ -188,6 +188,8 @@ def test_large_dense_derivatives_match_autodiff(name, reml, monkeypatch):
     monkeypatch.setattr(deviance, "LARGE_DENSE", -1)
     d = deviance.derivatives(struct, k)
     assert d.value_grad is deviance._dense_value_grad
+    value = jax.jit(lambda t, s: d.value(t, s, reml))(th, stats)
+    assert float(value) == pytest.approx(float(ref[0]), rel=1e-12)
     vg = jax.jit(lambda t, s: d.value_grad(t, s, reml))(th, stats)
     vgh = jax.jit(lambda t, s: d.value_grad_hessian(t, s, reml))(th, stats)
     for got in (vg, vgh):

@@ -633,10 +633,62 @@ def _spec_key(expr: str, prepared: pd.DataFrame):
     return expr, tuple(cols)
 
 
+class _PlainSpec:
+    """Stands in for a formulaic ModelSpec when ``expr`` is plain numeric columns (see below)."""
+
+    def __init__(self, columns: tuple[str, ...], intercept: bool):
+        self.columns, self.intercept = columns, intercept
+
+    def get_model_matrix(self, data, **_):
+        n = len(data)
+        cols = ([np.ones(n)] if self.intercept else []) + [
+            np.asarray(data[c], dtype=np.float64) for c in self.columns]
+        return np.column_stack(cols) if cols else np.empty((n, 0))
+
+
+def _plain_terms(expr: str, prepared: pd.DataFrame):
+    """(columns, intercept) when ``expr`` is a sum of numeric column names, else None.
+
+    ``1 + x + z``, ``x``, ``0 + x``, ``x - 1``: the model matrix is those columns (after an
+    intercept unless removed), exactly what formulaic builds, without its per-call parsing
+    and pandas work (about 0.7 ms per matrix, half of a sleepstudy fit).
+    """
+    text = expr.strip()
+    intercept = True
+    for tail in ("- 1", "-1"):
+        if text.endswith(tail):
+            text, intercept = text[: -len(tail)].rstrip(), False
+            break
+    tokens = [t.strip() for t in text.split("+")]
+    cols = []
+    for t in tokens:
+        if t == "1":
+            continue
+        if t == "0":
+            intercept = False
+            continue
+        if not t.isidentifier() or t in cols or t not in prepared.columns:
+            return None
+        dt = prepared[t].dtype
+        if not (pd.api.types.is_float_dtype(dt) or pd.api.types.is_integer_dtype(dt)) \
+                or pd.api.types.is_bool_dtype(dt):
+            return None
+        cols.append(t)
+    if ("1" in tokens and not intercept) or (not cols and not intercept):
+        return None
+    return tuple(cols), intercept
+
+
 def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, where: str):
     """formulaic model matrix of ``expr`` with R-style names; returns (M, names, MatrixSpec)."""
     from formulaic import model_matrix
 
+    plain = _plain_terms(expr, prepared)
+    if plain is not None:
+        spec = _PlainSpec(*plain)
+        names = (["(Intercept)"] if spec.intercept else []) + [quote_name(c) for c in spec.columns]
+        M = spec.get_model_matrix(prepared)
+        return M, names, MatrixSpec(spec, tuple(names), tuple(range(M.shape[1])), ())
     ordered = tuple(c for c in prepared.columns if _is_ordered(prepared[c]))
     data, ctx = _formulaic_inputs(prepared, ordered)
     key = _spec_key(expr, prepared)

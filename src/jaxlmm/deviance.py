@@ -46,6 +46,16 @@ def objective(theta, stats: Stats, reml: bool = True):
     return criterion(chain + ld_rest, logdet_x, pwrss, stats, reml)
 
 
+def _dense_value(theta, stats: Stats, reml: bool):
+    """``objective`` for the optimizer's line search: only the lower triangle of the dense
+    block is formed (two passes over it fewer); not for differentiating through."""
+    st = stats.struct
+    chain, Msc, parts = _chain_parts(theta, stats)
+    L = chol_sym(assemble(Msc, parts, lower_only=True))
+    ld_rest, logdet_x, pwrss = logdets_of_factor(L, st.m_rand, st.p)
+    return criterion(chain + ld_rest, logdet_x, pwrss, stats, reml)
+
+
 def criterion(logdet_l, logdet_x, pwrss, stats: Stats, reml: bool):
     n = stats.n
     p = stats.struct.p
@@ -79,7 +89,7 @@ def _dense_terms(M, chain, stats: Stats, reml: bool):
 
 def _dense_value_grad(theta, stats: Stats, reml: bool):
     chain, Msc, parts = _chain_parts(theta, stats)
-    value, Gam, _ = _dense_terms(assemble(Msc, parts), chain, stats, reml)
+    value, Gam, _ = _dense_terms(assemble(Msc, parts, lower_only=True), chain, stats, reml)
     w, K = lax.stop_gradient(linearized.prepare(Gam, stats))
     psi = lambda t: linearized.psi(t, Gam, w, K, stats)  # noqa: E731
     _, g = autodiff.value_grad(psi, theta.shape[0])(theta)
@@ -105,4 +115,4 @@ def derivatives(struct, k: int) -> autodiff.Derivatives:
     """What the optimizer evaluates for ``objective(theta, stats, reml)``."""
     if struct.m_rand <= LARGE_DENSE:
         return autodiff.autodiff(objective, k)
-    return autodiff.Derivatives(objective, _dense_value_grad, _dense_value_grad_hessian)
+    return autodiff.Derivatives(_dense_value, _dense_value_grad, _dense_value_grad_hessian)

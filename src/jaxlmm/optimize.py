@@ -161,7 +161,7 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         def body(c):
             alpha, _, n, _ = c
             t = jnp.maximum(s.theta + alpha * s.d, lower)
-            ok = armijo(fun(t, *args), t, s)
+            ok = armijo(derivs.value(t, *args), t, s)
             return alpha * jnp.where(ok, 1.0, 0.5), t, n + 1, ok
 
         init = (alpha0, s.theta, jnp.int32(0), jnp.asarray(False))

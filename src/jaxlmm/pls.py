@@ -91,11 +91,13 @@ def eliminate_chain(theta, stats: Stats):
     return T, Ls, C, P, E, assemble(Msc, parts)
 
 
-def assemble(Msc, parts):
+def assemble(Msc, parts, lower_only: bool = False):
     """M = Msc - (U + U' - diag U), U the lower triangle of the scattered Schur updates.
 
     ``parts`` maps a tag to (flat index row * m + col, values, sorted); updates that land above
-    the diagonal (inside a vector factor's diagonal block) are dropped by the tril.
+    the diagonal (inside a vector factor's diagonal block) are dropped by the tril. With
+    ``lower_only`` only the lower triangle is valid (what the Cholesky reads), which saves the
+    symmetrizing passes over the block; not for differentiating through.
     """
     m = Msc.shape[0]
     U = jnp.zeros((m * m,), Msc.dtype)
@@ -104,7 +106,10 @@ def assemble(Msc, parts):
             U = U + jax.ops.segment_sum(vals, idx, m * m, indices_are_sorted=True)
         else:
             U = U.at[idx].add(vals)
-    U = jnp.tril(U.reshape(m, m))
+    U = U.reshape(m, m)
+    if lower_only:
+        return Msc - U
+    U = jnp.tril(U)
     return Msc - (U + U.T - jnp.diag(jnp.diag(U)))
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from . import smallblock as sb
+from .dense import gram, tri_inv
 from .pls import factorize, pieces
 from .stats import Stats
 
@@ -80,9 +81,7 @@ def solve(theta, stats: Stats, reml: bool = True) -> Solution:
     xtx_inv = LXi.T @ LXi
 
     # conditional variances: dense rest block, then chain factors in reverse order
-    Lrr = LM[:mr, :mr]
-    Lri = solve_triangular(Lrr, jnp.eye(mr, dtype=LM.dtype), lower=True)
-    Srr = Lri.T @ Lri
+    Srr = gram(tri_inv(LM[:mr, :mr])) if mr > 0 else jnp.zeros((0, 0), LM.dtype)
     Sdiag = [None] * K
     for r in rest:
         G, q = st.factors[r]

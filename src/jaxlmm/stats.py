@@ -158,12 +158,15 @@ def index_lists(codes: list, nchain: int, struct: Structure):
                 a, b = _pair_products(pairs[k, r][1], pairs[k, r][0], pairs[k, r2][1],
                                       pairs[k, r2][0], r == r2)
                 qr, qr2 = struct.factors[r][1], struct.factors[r2][1]
-                row = struct.rest_offsets[r - nchain] + pairs[k, r][0][a].astype(np.int64) * qr
-                col = struct.rest_offsets[r2 - nchain] + pairs[k, r2][0][b].astype(np.int64) * qr2
-                t = row * m + col
-                order = np.argsort(t, kind="stable")
+                idx = np.int32 if m * m < 2**31 else np.int64
+                row = struct.rest_offsets[r - nchain] + pairs[k, r][0][a].astype(idx) * qr
+                col = struct.rest_offsets[r2 - nchain] + pairs[k, r2][0][b].astype(idx) * qr2
+                t = row * idx(m) + col
+                # any deterministic order with equal targets adjacent will do: the SIMD
+                # quicksort is several times faster than a stable sort here
+                order = np.argsort(t, kind="quicksort")
                 ppa[k, r, r2], ppb[k, r, r2] = a[order], b[order]
-                ppt[k, r, r2] = t[order].astype(np.int32 if m * m < 2**31 else np.int64)
+                ppt[k, r, r2] = t[order]
     return parent, pairs, pmap, ppa, ppb, ppt
 
 
