@@ -196,3 +196,24 @@ def test_large_dense_derivatives_match_autodiff(name, reml, monkeypatch):
         assert float(got[0]) == pytest.approx(float(ref[0]), rel=1e-12)
         np.testing.assert_allclose(np.asarray(got[1]), np.asarray(ref[1]), rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(np.asarray(vgh[2]), np.asarray(ref[2]), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [7, 300, 601])
+def test_recursive_inverse_pieces(n):
+    """dense.tri_inv / dense.gram (recursive 2 x 2 blocking above dense.BASE) and the
+    inverse pieces G_r, W against numpy."""
+    from jaxlmm import dense
+
+    rng = np.random.default_rng(n)
+    A = rng.normal(size=(n, n))
+    M = A @ A.T / n + np.eye(n)
+    L = np.linalg.cholesky(M)
+    Li = np.asarray(jax.jit(dense.tri_inv)(jnp.asarray(L)))
+    np.testing.assert_allclose(Li, np.linalg.inv(L), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(jax.jit(dense.gram)(jnp.asarray(Li))),
+                               np.linalg.inv(M), rtol=1e-10, atol=1e-12)
+    mr = n - 3
+    G, W = jax.jit(dense.inverse_pieces, static_argnums=1)(jnp.asarray(L), mr)
+    np.testing.assert_allclose(np.asarray(G), np.linalg.inv(M[:mr, :mr]), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(W), np.linalg.inv(L)[mr:], rtol=1e-10, atol=1e-12)

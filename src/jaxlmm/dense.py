@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-BASE = 128  # below this size the recursions below hand over to a triangular solve
+BASE = 256  # below this size the recursions below hand over to a triangular solve
 
 
 def chol_sym(M):

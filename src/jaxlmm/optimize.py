@@ -71,7 +71,7 @@ def _proj_grad(theta, g, lower):
     return jnp.where(at, jnp.minimum(g, 0.0), g)
 
 
-MAX_STEP = 0.5  # largest change of any theta in one quasi-Newton step
+MAX_STEP = 1.0  # largest change of any theta in one quasi-Newton step
 
 
 def _bfgs_update(B, sv, yv):
