@@ -72,7 +72,7 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
 def _to_host(tree):
     import jax
 
-    return jax.tree_util.tree_map(np.asarray, tree)
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))  # one batched transfer
 
 
 def _unique_names(names):
