@@ -50,6 +50,8 @@ def _designs():
                            _term("c", one, g3, 5)], X, y, None),
         "crossed_scalar": ([_term("a", Z2, g1, 30), _term("b", one, g2, 12),
                             _term("c", one, g3, 5)], X, y, w),
+        "nested_scalar_crossed": ([_term("s", one, school, 10), _term("s:c", Z2, cls, 40),
+                                   _term("i", one, g2, 12)], X, y, None),
         "nested_weighted": ([_term("s", one, school, 10), _term("s:c", one, cls, 40)], X, y, w),
         "nested_three": ([_term("r", one, region, 2), _term("s", Z2, school, 10),
                           _term("c", one, cls, 40)], X, y, None),
@@ -170,7 +172,8 @@ def test_large_dense_path_matches(name, monkeypatch):
 
 @pytest.mark.parametrize("name,reml", [("crossed_scalar", True), ("crossed_scalar", False),
                                        ("crossed_vector", True), ("crossed_three", False),
-                                       ("nested_plus_crossed", True)])
+                                       ("nested_plus_crossed", True),
+                                       ("nested_scalar_crossed", True)])
 def test_large_dense_derivatives_match_autodiff(name, reml, monkeypatch):
     """The optimizer's derivatives for large dense blocks (Gamma contraction, per-level
     tensors for scalar crossed factors, curvature from G_r M_i products; deviance.py) equal
@@ -180,7 +183,8 @@ def test_large_dense_derivatives_match_autodiff(name, reml, monkeypatch):
     terms, X, y, w = DESIGNS[name]
     _, _, _, struct, stats, _ = _prepare(terms, X, y, w)
     # scalar crossed factors take the per-level tensor route, vector ones the plain one
-    assert linearized.first_factor_reduced(struct) == (name == "crossed_scalar")
+    assert linearized.first_factor_reduced(struct) == (name in ("crossed_scalar",
+                                                                "nested_scalar_crossed"))
     k = struct.n_theta
     th = jnp.asarray(_random_theta(struct))
     ref = jax.jit(lambda t, s: deviance.derivatives(s.struct, k).value_grad_hessian(t, s, reml)

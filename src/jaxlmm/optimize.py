@@ -13,8 +13,9 @@ compiled program that can be vmapped. Each iteration (Bertsekas' projected Newto
 Far from the optimum each step is first line-searched on values (cheap), and derivatives are
 evaluated at the accepted point. Once a step has been taken at full length (the Newton
 phase), the next trial point is evaluated with its derivatives at once, which saves the
-line search's separate evaluation; a rejected trial falls back to value-only backtracking. With ``exact_hessian=False`` the
-Hessian is a BFGS approximation started from the exact Hessian at theta0 (see ``minimize``).
+line search's separate evaluation; a rejected trial falls back to value-only backtracking.
+With ``exact_hessian=False`` the Hessian is a BFGS approximation started from the exact
+Hessian at theta0 (see ``minimize``).
 Convergence is certified on the projected gradient and the Newton decrement, not on a flag.
 ``status`` codes are in STATUS.
 """
@@ -101,8 +102,9 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
 
     ``derivs`` supplies value, value+gradient and value+gradient+Hessian (default: autodiff
     of ``fun``). Each appears once in the compiled program, which keeps compile time down.
-    Each iteration evaluates the candidate point with its derivatives, accepts it on the
-    Armijo condition (else backtracks on values only), tests convergence and takes a
+    Each iteration either line-searches the next step on values, or (after a full-length
+    step) evaluates the trial point with its derivatives and accepts it on the Armijo
+    condition (else backtracks on values only); then it tests convergence and takes a
     projected (quasi-)Newton step. Without ``exact_hessian`` the Hessian is a BFGS
     approximation, for problems where exact second derivatives cost much more than
     gradients; there a variance stuck at 0 with zero gradient is probed inward once before
