@@ -60,10 +60,15 @@ def gram(Li):
               .at[h:, h:].set(gram(C))
 
 
+def leading_inverse(L, mr: int):
+    """M_r^{-1} = (L_r L_r')^{-1} for the leading mr x mr block of M = L L'."""
+    return gram(tri_inv(L[:mr, :mr])) if mr > 0 else jnp.zeros((0, 0), L.dtype)
+
+
 def inverse_pieces(L, mr: int):
     """G_r = M_r^{-1} (mr x mr) and the rows mr.. of W = L^{-1} ((m - mr) x m)."""
     m = L.shape[0]
-    G = gram(tri_inv(L[:mr, :mr])) if mr > 0 else jnp.zeros((0, 0), L.dtype)
+    G = leading_inverse(L, mr)
     W = solve_triangular(L, jnp.eye(m, dtype=L.dtype)[:, mr:], lower=True, trans="T").T
     return G, W
 

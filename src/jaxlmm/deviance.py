@@ -49,9 +49,14 @@ def objective(theta, stats: Stats, reml: bool = True):
 def _dense_value(theta, stats: Stats, reml: bool):
     """``objective`` for the optimizer's line search: only the lower triangle of the dense
     block is formed (two passes over it fewer); not for differentiating through."""
-    st = stats.struct
     chain, Msc, parts = _chain_parts(theta, stats)
-    L = chol_sym(assemble(Msc, parts, lower_only=True))
+    return _criterion_of_factor(chol_sym(assemble(Msc, parts, lower_only=True)), chain, stats,
+                                reml)
+
+
+def _criterion_of_factor(L, chain, stats: Stats, reml: bool):
+    """The criterion from the dense block's Cholesky factor L and the chain log-determinant."""
+    st = stats.struct
     ld_rest, logdet_x, pwrss = logdets_of_factor(L, st.m_rand, st.p)
     return criterion(chain + ld_rest, logdet_x, pwrss, stats, reml)
 
@@ -78,8 +83,7 @@ def _dense_terms(M, chain, stats: Stats, reml: bool):
     """Criterion value, Gamma = dPhi/dM and the inverse pieces at the dense block M."""
     st = stats.struct
     L = chol_sym(M)
-    ld_rest, logdet_x, pwrss = logdets_of_factor(L, st.m_rand, st.p)
-    value = criterion(chain + ld_rest, logdet_x, pwrss, stats, reml)
+    value = _criterion_of_factor(L, chain, stats, reml)
     G, W = inverse_pieces(L, st.m_rand)
     # Phi = log|M_r| + a log|R_X|^2 + b log r^2 is the criterion up to constants
     a, b = (1.0, stats.n - st.p) if reml else (0.0, stats.n)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from . import smallblock as sb
-from .pls import schur_parts, weights
+from .pls import contract, schur_parts, weights
 from .stats import Stats
 
 
@@ -66,10 +66,9 @@ def psi(theta, Gam, w, K, stats: Stats):
     st = stats.struct
     nchain = len(st.chain)
     T, Ls, _, _, _, Msc, parts = schur_parts(theta, stats)
-    out = 2.0 * sum(sb.log_diag_sum(L) for L in Ls) + jnp.sum(Gam * Msc)
-    for tag, (idx, vals, _) in parts.items():
-        if K is None or tag[1] != 0:
-            out = out - jnp.dot(w[idx], vals)
+    if K is not None:  # the first chain factor's updates (tag[1] == 0) go through K below
+        parts = {tag: part for tag, part in parts.items() if tag[1] != 0}
+    out = 2.0 * sum(sb.log_diag_sum(L) for L in Ls) + contract(Gam, Msc, parts, w)
     if K is not None:
         lam = {r: T[r][0, 0] for r in range(nchain, len(st.factors))}
         Kt = K[-1, -1]

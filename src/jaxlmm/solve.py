@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from . import smallblock as sb
-from .dense import gram, tri_inv
+from .dense import leading_inverse
 from .pls import factorize, pieces
 from .stats import Stats
 
@@ -81,7 +81,7 @@ def solve(theta, stats: Stats, reml: bool = True) -> Solution:
     xtx_inv = LXi.T @ LXi
 
     # conditional variances: dense rest block, then chain factors in reverse order
-    Srr = gram(tri_inv(LM[:mr, :mr])) if mr > 0 else jnp.zeros((0, 0), LM.dtype)
+    Srr = leading_inverse(LM, mr)
     Sdiag = [None] * K
     for r in rest:
         G, q = st.factors[r]
