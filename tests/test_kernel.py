@@ -170,23 +170,30 @@ def test_large_dense_path_matches(name, monkeypatch):
     np.testing.assert_allclose(np.asarray(got[2]), np.asarray(ref[2]), rtol=1e-7, atol=1e-7)
 
 
-@pytest.mark.parametrize("name,reml", [("crossed_scalar", True), ("crossed_scalar", False),
-                                       ("crossed_vector", True), ("crossed_three", False),
-                                       ("nested_plus_crossed", True),
-                                       ("nested_scalar_crossed", True)])
-def test_large_dense_derivatives_match_autodiff(name, reml, monkeypatch):
+@pytest.mark.parametrize("name,reml,zero", [
+    ("crossed_scalar", True, False), ("crossed_scalar", False, False),
+    ("crossed_scalar", True, True), ("crossed_vector", True, False),
+    ("crossed_three", False, False), ("nested_plus_crossed", True, False),
+    ("nested_scalar_crossed", True, False), ("nested_scalar_crossed", False, True)])
+def test_large_dense_derivatives_match_autodiff(name, reml, zero, monkeypatch):
     """The optimizer's derivatives for large dense blocks (Gamma contraction, per-level
-    tensors for scalar crossed factors, curvature from G_r M_i products; deviance.py) equal
-    plain autodiff through the Cholesky, forced here on small designs."""
-    from jaxlmm import deviance, linearized
+    tensors and closed-form tangents for scalar crossed factors, curvature from G_r M_i
+    products otherwise; deviance.py, crossed.py) equal plain autodiff through the Cholesky,
+    forced here on small designs. ``zero``: a crossed theta at its bound, where the closed
+    form divides by zero and the generic trace takes over."""
+    from jaxlmm import crossed, deviance, linearized
 
     terms, X, y, w = DESIGNS[name]
     _, _, _, struct, stats, _ = _prepare(terms, X, y, w)
     # scalar crossed factors take the per-level tensor route, vector ones the plain one
-    assert linearized.first_factor_reduced(struct) == (name in ("crossed_scalar",
-                                                                "nested_scalar_crossed"))
+    scalar = name in ("crossed_scalar", "nested_scalar_crossed")
+    assert linearized.first_factor_reduced(struct) == scalar
+    assert crossed.applies(struct) == scalar
     k = struct.n_theta
-    th = jnp.asarray(_random_theta(struct))
+    th = _random_theta(struct)
+    if zero:
+        th[crossed.split(struct)[1][-1]] = 0.0
+    th = jnp.asarray(th)
     ref = jax.jit(lambda t, s: deviance.derivatives(s.struct, k).value_grad_hessian(t, s, reml)
                   )(th, stats)
     monkeypatch.setattr(deviance, "LARGE_DENSE", -1)

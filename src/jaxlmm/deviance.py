@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import autodiff, linearized
+from . import autodiff, crossed, linearized
 from . import smallblock as sb
-from .dense import chol_sym, curvature, dense_logdets, gradient_matrix, inverse_pieces, \
-    logdets_of_factor
+from .dense import chol_sym, curvature, curvature_from, dense_logdets, gradient_matrix, \
+    inverse_pieces, logdets_of_factor
 from .pls import LARGE_DENSE, assemble, factorize, pieces, schur_parts
 from .stats import Stats
 
@@ -100,7 +100,30 @@ def _dense_value_grad(theta, stats: Stats, reml: bool):
     return value, g
 
 
+def _psi_value_grad_hessian(theta, Gam, stats: Stats):
+    w, K = lax.stop_gradient(linearized.prepare(Gam, stats))
+    psi = lambda t: linearized.psi(t, Gam, w, K, stats)  # noqa: E731
+    return autodiff.value_grad_hessian(psi, theta.shape[0])(theta)
+
+
+def _crossed_value_grad_hessian(theta, stats: Stats, reml: bool):
+    """``_dense_value_grad_hessian`` with the crossed thetas' tangents in closed form."""
+    st = stats.struct
+    ci, ri, E = crossed.split(st)
+    S, Jc, chain = crossed.unscaled_block(theta, stats, ci, ri)
+    lam = crossed.scaling(theta, ri, E)
+    value, Gam, (G, W, a, b) = _dense_terms(crossed.scaled_block(lam, S, st.m_rand), chain,
+                                            stats, reml)
+    _, g, H = _psi_value_grad_hessian(theta, Gam, stats)
+    t_r, R = crossed.tangent_terms(theta, lam, S, Jc, G, W, ci, ri, E)
+    H = H + curvature_from(t_r, R, G, W, a, b, st.p)
+    return value, g, 0.5 * (H + H.T)
+
+
 def _dense_value_grad_hessian(theta, stats: Stats, reml: bool):
+    if crossed.applies(stats.struct):
+        return _crossed_value_grad_hessian(theta, stats, reml)
+
     def dense_block(t):
         chain, Msc, parts = _chain_parts(t, stats)
         M = assemble(Msc, parts)
@@ -108,9 +131,7 @@ def _dense_value_grad_hessian(theta, stats: Stats, reml: bool):
 
     J, (M, chain) = jax.jacfwd(dense_block, has_aux=True)(theta)  # J: (m, m, k)
     value, Gam, (G, W, a, b) = _dense_terms(M, chain, stats, reml)
-    w, K = lax.stop_gradient(linearized.prepare(Gam, stats))
-    psi = lambda t: linearized.psi(t, Gam, w, K, stats)  # noqa: E731
-    _, g, H = autodiff.value_grad_hessian(psi, theta.shape[0])(theta)
+    _, g, H = _psi_value_grad_hessian(theta, Gam, stats)
     H = H + curvature(J, G, W, a, b, stats.struct.p)
     return value, g, 0.5 * (H + H.T)
 

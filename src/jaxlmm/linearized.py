@@ -14,16 +14,23 @@ B_u' X_u B_u to M, X_u = T D_u^{-1} T', B_u = Z_u'[Z_rest Lambda_rest, X, y]. So
 
 with the K's built once per Gamma in one pass over the pair-of-pair lists (``tensors``). The
 derivatives of psi of any order are then work on G x q x q arrays, not on the lists.
+Likewise the scaled block Lambda'M0 Lambda + I_r enters as a quadratic form in the crossed
+thetas, <Gamma, D M0 D> = mu' (E'(Gamma o M0) E) mu with mu = (theta_rest, 1), instead of an
+m x m array per tangent.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import smallblock as sb
 from .pls import contract, schur_parts, weights
 from .stats import Stats
+
+
+SCALED = (-2, -2)  # key of the scaled block's quadratic form in the tensors' dict
 
 
 def first_factor_reduced(struct) -> bool:
@@ -61,27 +68,46 @@ def tensors(w, stats: Stats):
     return K
 
 
+def indicator(struct):
+    """(m, n_rest + 1) indicator of the rows of each crossed factor, then of X and y."""
+    E = np.zeros((struct.m, len(struct.rest) + 1))
+    for r, ((G, _), off) in enumerate(zip(struct.rest, struct.rest_offsets)):
+        E[off:off + G, r] = 1.0
+    E[struct.m_rand:, -1] = 1.0
+    return E
+
+
 def psi(theta, Gam, w, K, stats: Stats):
-    """c(theta) + <Gam, M(theta)>; K from ``tensors`` (or None: contract every update)."""
+    """c(theta) + <Gam, M(theta)>; K from ``prepare`` (or None: contract every update)."""
     st = stats.struct
     nchain = len(st.chain)
     T, Ls, _, _, _, Msc, parts = schur_parts(theta, stats)
-    if K is not None:  # the first chain factor's updates (tag[1] == 0) go through K below
-        parts = {tag: part for tag, part in parts.items() if tag[1] != 0}
-    out = 2.0 * sum(sb.log_diag_sum(L) for L in Ls) + contract(Gam, Msc, parts, w)
-    if K is not None:
-        lam = {r: T[r][0, 0] for r in range(nchain, len(st.factors))}
-        Kt = K[-1, -1]
-        for (r, r2), k in K.items():
-            if r >= 0:
-                Kt = Kt + (lam[r] if r2 < 0 else lam[r] * lam[r2]) * k
-        Y = sb.solve_rt(jnp.broadcast_to(T[0], Ls[0].shape), Ls[0])  # T L_u^{-T}
-        X = sb.matmul_nt(Y, Y)  # T D_u^{-1} T'
-        out = out - jnp.sum(X * Kt)
-    return out
+    out = 2.0 * sum(sb.log_diag_sum(L) for L in Ls)
+    if K is None:
+        return out + contract(Gam, Msc, parts, w)
+    # the first chain factor's updates (tag[1] == 0) and the scaled block go through K
+    out = out + contract(Gam, None, {tag: v for tag, v in parts.items() if tag[1] != 0}, w)
+    lam = {r: T[r][0, 0] for r in range(nchain, len(st.factors))}
+    mu = jnp.stack(list(lam.values()) + [jnp.ones((), theta.dtype)])
+    out = out + mu @ K[SCALED] @ mu
+    Kt = K[-1, -1]
+    for (r, r2), k in K.items():
+        if r >= 0:
+            Kt = Kt + (lam[r] if r2 < 0 else lam[r] * lam[r2]) * k
+    Y = sb.solve_rt(jnp.broadcast_to(T[0], Ls[0].shape), Ls[0])  # T L_u^{-T}
+    X = sb.matmul_nt(Y, Y)  # T D_u^{-1} T'
+    return out - jnp.sum(X * Kt)
 
 
 def prepare(Gam, stats: Stats):
-    """(w, K) for ``psi``: the flat weights and, where they apply, the per-level tensors."""
+    """(w, K) for ``psi``: the flat weights and, where they apply, the per-level tensors
+    (with K[SCALED] the quadratic form of the scaled block, + tr(Gam_rr) on its corner)."""
     w = weights(Gam)
-    return w, (tensors(w, stats) if first_factor_reduced(stats.struct) else None)
+    st = stats.struct
+    if not first_factor_reduced(st):
+        return w, None
+    K = tensors(w, stats)
+    E = jnp.asarray(indicator(st))
+    Q = E.T @ (Gam * stats.M) @ E
+    K[SCALED] = Q.at[-1, -1].add(jnp.trace(Gam[:st.m_rand, :st.m_rand]))
+    return w, K

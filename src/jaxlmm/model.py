@@ -13,6 +13,7 @@ from . import layout
 from .design import Design, build_design
 from .engine import fit_stats_jit, use_exact_hessian
 from .optimize import STATUS
+from .start import moments, use_moments
 from .stats import compute
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on theta
@@ -44,7 +45,9 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
 
     ``reml=True`` (default) optimizes the REML criterion, else the ML deviance.
     ``weights``/``offset``: column names or arrays (lme4's prior weights and offset).
-    ``start``: initial theta in lme4's order (default: 1 on template diagonals, 0 elsewhere).
+    ``start``: initial theta in lme4's order. Default: lme4's (1 on template diagonals, 0
+    elsewhere), except that with a large dense block (crossed factors with many levels)
+    scalar factors start from moment estimates (start.py; the optimum is the same).
     ``max_iter``: optimizer iterations (0 evaluates at ``start`` without optimizing).
     ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients) or "auto"
     (exact unless crossed factors make a large dense block; see engine.use_exact_hessian).
@@ -55,7 +58,12 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     t1 = time.perf_counter()
     stats, scaling = compute(ms.factors, ms.nchain, ms.struct, design.X, design.y,
                              design.weights, design.offset)
-    theta0 = layout.theta_start(ms.entries) if start is None else np.asarray(start, float)
+    if start is None:
+        theta0 = layout.theta_start(ms.entries)
+        if use_moments(ms.struct):
+            theta0 = np.asarray(moments(stats, jnp.asarray(theta0)))
+    else:
+        theta0 = np.asarray(start, float)
     if theta0.shape != (ms.struct.n_theta,):
         raise ValueError(f"start must have {ms.struct.n_theta} elements (lme4's theta order), "
                          f"got shape {theta0.shape}")

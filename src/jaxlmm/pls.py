@@ -124,9 +124,10 @@ def contract(Gamma, Msc, parts, w=None):
     By linearity, <Gamma, U + U' - diag U> = sum over the updates of w[idx] * values with
     w = 2 tril(Gamma, -1) + diag(Gamma) (zero above the diagonal, as the tril drops those).
     This is what the derivatives of the criterion need (dense.py): a gather, not a scatter.
+    ``Msc=None`` leaves out <Gamma, Msc> (for callers that contract it in closed form).
     """
     w = weights(Gamma) if w is None else w
-    out = jnp.sum(Gamma * Msc)
+    out = 0.0 if Msc is None else jnp.sum(Gamma * Msc)
     for idx, vals, _ in parts.values():
         out = out - jnp.dot(w[idx], vals)
     return out
