@@ -20,6 +20,7 @@ evaluates anything, so unknown functions surface when the design is built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .errors import FormulaError
 
@@ -235,6 +236,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     """Parse an lme4 formula into response, fixed part, bar terms and offsets."""
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
+    return _parse_cached(formula)
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(formula: str) -> ParsedFormula:  # ParsedFormula is immutable
     if not formula.strip():
         raise FormulaError("empty formula", formula, 0, hint="write e.g. 'y ~ x + (1 | g)'")
     tk = _Tokens(formula)

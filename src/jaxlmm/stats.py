@@ -232,15 +232,12 @@ def compute(factors, nchain: int, struct: Structure, X, y, weights=None, offset=
     parent, pairs, pmap, ppa, ppb, ppt = index_lists(codes, nchain, struct)
     pair_rows = {key: (v[2], v[0]) for key, v in pairs.items()}
     D, C, P, E, M = _pass(tuple(Zs), tuple(codes), pair_rows, XY, struct)
-    stats = Stats(
-        D=D, C=C, parent={k: jnp.asarray(v) for k, v in parent.items()}, P=P,
-        pi={k: jnp.asarray(v[0]) for k, v in pairs.items()},
-        pj={k: jnp.asarray(v[1]) for k, v in pairs.items()},
-        pmap={k: jnp.asarray(v) for k, v in pmap.items()},
-        ppa={k: jnp.asarray(v) for k, v in ppa.items()},
-        ppb={k: jnp.asarray(v) for k, v in ppb.items()},
-        ppt={k: jnp.asarray(v) for k, v in ppt.items()},
-        E=E, M=M, n=jnp.asarray(float(n)), ldw=jnp.asarray(float(np.log(w).sum())),
-        log_scale=jnp.asarray([np.log(sc.s), np.log(sc.d).sum()]), struct=struct,
-    )
+    # the host-side leaves go to the device in one batched transfer (one dispatch each cost
+    # about 50 us, a tenth of a sleepstudy fit)
+    host = jax.device_put(dict(
+        parent=parent, pi={k: v[0] for k, v in pairs.items()},
+        pj={k: v[1] for k, v in pairs.items()}, pmap=pmap, ppa=ppa, ppb=ppb, ppt=ppt,
+        n=np.asarray(float(n)), ldw=np.asarray(float(np.log(w).sum())),
+        log_scale=np.asarray([np.log(sc.s), np.log(sc.d).sum()])))
+    stats = Stats(D=D, C=C, P=P, E=E, M=M, struct=struct, **host)
     return stats, sc
