@@ -64,7 +64,8 @@ def tensors(w, stats: Stats):
             a, b, t = stats.ppa[0, r, r2], stats.ppb[0, r, r2], stats.ppt[0, r, r2]
             P0b = stats.P[0, r2][:, 0, :]
             wa = w[t][:, None] * P0[a]
-            K[r, r2] = jax.ops.segment_sum(wa[:, :, None] * P0b[b][:, None, :], pj[a], G0)
+            K[r, r2] = jax.ops.segment_sum(wa[:, :, None] * P0b[b][:, None, :],
+                                           stats.ppj[0, r, r2], G0)
     return K
 
 

@@ -29,8 +29,8 @@ from .layout import Structure
 
 
 @partial(jax.tree_util.register_dataclass,
-         data_fields=["D", "C", "parent", "P", "pi", "pj", "pmap", "ppa", "ppb", "ppt", "E", "M",
-                      "n", "ldw", "log_scale"],
+         data_fields=["D", "C", "parent", "P", "pi", "pj", "pmap", "ppa", "ppb", "ppt", "ppj",
+                      "E", "M", "n", "ldw", "log_scale"],
          meta_fields=["struct"])
 @dataclass(frozen=True)
 class Stats:
@@ -46,6 +46,7 @@ class Stats:
     ppa: dict
     ppb: dict
     ppt: dict  # flat target index (row * m + col) in the dense block, ascending
+    ppj: dict  # first chain factor only: its level of each pair of pairs, pj[0, r][ppa]
     E: tuple
     M: jax.Array
     n: jax.Array  # number of observations (float)
@@ -113,19 +114,34 @@ def _pairs(ci: np.ndarray, cj: np.ndarray, Gi: int):
     return (uniq % Gi).astype(np.int32), (uniq // Gi).astype(np.int32), inv.astype(np.int32)
 
 
-def _pair_products(pj_a, pi_a, pj_b, pi_b, lower_only):
-    """All (a, b) with pj_a[a] == pj_b[b] (both lists sorted by j); optionally pi_a >= pi_b."""
-    G = int(max(pj_a.max(initial=-1), pj_b.max(initial=-1))) + 1
-    cnt_b = np.bincount(pj_b, minlength=G)
-    start_b = np.concatenate([[0], np.cumsum(cnt_b)[:-1]])
-    rep = cnt_b[pj_a]
-    a = np.repeat(np.arange(pj_a.size, dtype=np.int64), rep)
-    first = np.repeat(np.cumsum(rep) - rep, rep)
-    b = start_b[pj_a][a] + (np.arange(a.size) - first)
-    if lower_only:
-        keep = pi_a[a] >= pi_b[b]
-        a, b = a[keep], b[keep]
-    return a.astype(np.int32), b.astype(np.int32)
+def _pair_products(pj_a, pj_b, same: bool):
+    """All (a, b) with pj_a[a] == pj_b[b] (both lists sorted by j, then i); with ``same`` (a
+    list against itself) only b <= a, which within a level means pi_b <= pi_a."""
+    na = pj_a.size
+    if same:  # b runs from the start of a's level to a
+        start_b = np.searchsorted(pj_a, pj_a, side="left")
+        rep = np.arange(na) - start_b + 1
+    else:
+        G = int(max(pj_a.max(initial=-1), pj_b.max(initial=-1))) + 1
+        cnt_b = np.bincount(pj_b, minlength=G)
+        start_b = (np.cumsum(cnt_b) - cnt_b)[pj_a]
+        rep = cnt_b[pj_a]
+    a = np.repeat(np.arange(na, dtype=np.int32), rep)
+    offset = np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(rep) - rep, rep)
+    b = np.repeat(start_b, rep) + offset
+    return a, b.astype(np.int32)
+
+
+def _target_order(t: np.ndarray, bound: int):
+    """(sorted t, the permutation) for targets 0 <= t < bound: one sort of (t, position)
+    packed in an int64 where both fit (twice as fast as an argsort), else an argsort."""
+    n = t.size
+    shift = max(int(n - 1).bit_length(), 1)
+    if int(bound - 1).bit_length() + shift <= 63:
+        key = np.sort((t.astype(np.int64) << shift) | np.arange(n, dtype=np.int64))
+        return key >> shift, (key & ((1 << shift) - 1)).astype(np.int64)
+    order = np.argsort(t, kind="quicksort")
+    return t[order], order
 
 
 def index_lists(codes: list, nchain: int, struct: Structure):
@@ -155,18 +171,15 @@ def index_lists(codes: list, nchain: int, struct: Structure):
                 pmap[k, l, r] = np.searchsorted(key_l, key).astype(np.int32)
         for r in range(nchain, K):
             for r2 in range(nchain, r + 1):
-                a, b = _pair_products(pairs[k, r][1], pairs[k, r][0], pairs[k, r2][1],
-                                      pairs[k, r2][0], r == r2)
+                a, b = _pair_products(pairs[k, r][1], pairs[k, r2][1], r == r2)
                 qr, qr2 = struct.factors[r][1], struct.factors[r2][1]
                 idx = np.int32 if m * m < 2**31 else np.int64
                 row = struct.rest_offsets[r - nchain] + pairs[k, r][0][a].astype(idx) * qr
                 col = struct.rest_offsets[r2 - nchain] + pairs[k, r2][0][b].astype(idx) * qr2
-                t = row * idx(m) + col
-                # any deterministic order with equal targets adjacent will do: the SIMD
-                # quicksort is several times faster than a stable sort here
-                order = np.argsort(t, kind="quicksort")
+                # any deterministic order with equal targets adjacent will do
+                t, order = _target_order(row * idx(m) + col, m * m)
                 ppa[k, r, r2], ppb[k, r, r2] = a[order], b[order]
-                ppt[k, r, r2] = t[order]
+                ppt[k, r, r2] = t.astype(idx)
     return parent, pairs, pmap, ppa, ppb, ppt
 
 
@@ -237,6 +250,7 @@ def compute(factors, nchain: int, struct: Structure, X, y, weights=None, offset=
     host = jax.device_put(dict(
         parent=parent, pi={k: v[0] for k, v in pairs.items()},
         pj={k: v[1] for k, v in pairs.items()}, pmap=pmap, ppa=ppa, ppb=ppb, ppt=ppt,
+        ppj={(k, r, r2): pairs[k, r][1][a] for (k, r, r2), a in ppa.items() if k == 0},
         n=np.asarray(float(n)), ldw=np.asarray(float(np.log(w).sum())),
         log_scale=np.asarray([np.log(sc.s), np.log(sc.d).sum()])))
     stats = Stats(D=D, C=C, P=P, E=E, M=M, struct=struct, **host)
