@@ -109,7 +109,7 @@ def test_reml_fixef_correlation(reml_text):
 def test_reml_optimizer_line(reml_fit, reml_text):
     last = _lines(reml_text)[-1]
     it, ev = reml_fit.optinfo["iterations"], reml_fit.optinfo["evaluations"]
-    assert last.startswith(f"optimizer: projected Newton, {it} iterations, {ev} evaluations")
+    assert last.startswith(f"optimizer: projected BFGS, {it} iterations, {ev} evaluations")
     assert "max |projected gradient| = " in last
     assert "singular" not in reml_text
     assert not re.search(r"^convergence", reml_text, re.M)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from .deviance import derivatives, objective
 from .optimize import OptResult, minimize
-from .pls import LARGE_DENSE
 from .solve import Solution, solve
 from .stats import Stats
 
@@ -26,17 +25,20 @@ class FitResult(NamedTuple):
 
 
 def use_exact_hessian(struct, hessian: str = "auto") -> bool:
-    """Exact Hessians pay off unless a large dense Schur block makes them costly.
+    """Whether the optimizer runs exact Newton ("exact") or BFGS ("bfgs", and "auto").
 
-    Past LARGE_DENSE rows an exact Hessian (deviance.py's closed-form route) costs about
-    2.5 gradients, more than the iterations it saves, so the optimizer switches to BFGS on
-    exact gradients, started from the exact Hessian at theta0.
+    "auto" is BFGS on exact gradients, started from the exact Hessian at theta0 (its
+    eigenvalues made positive). Measured on the benchmark workloads (2-core CPU) it reaches
+    the same optimum (theta within 1e-6 relative) as Newton, as fast or faster: the
+    10k-group ``(x | g)`` fit 10 against 20 ms, nested 10 against 15 ms, 100k groups 0.18
+    against 0.26 s, sleepstudy and the crossed models even. A Hessian costs about k
+    gradients (forward over forward), more than the iterations it saves. ``struct`` is kept
+    for policies that depend on the model's shape.
     """
+    del struct
     if hessian not in ("auto", "exact", "bfgs"):
         raise ValueError(f"hessian must be 'auto', 'exact' or 'bfgs', got {hessian!r}")
-    if hessian != "auto":
-        return hessian == "exact"
-    return struct.m_rand <= LARGE_DENSE
+    return hessian == "exact"
 
 
 def fit_stats(stats: Stats, theta0, *, reml: bool = True, max_iter: int = 200,

@@ -49,8 +49,8 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     elsewhere), except that with a large dense block (crossed factors with many levels)
     scalar factors start from moment estimates (start.py; the optimum is the same).
     ``max_iter``: optimizer iterations (0 evaluates at ``start`` without optimizing).
-    ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients) or "auto"
-    (exact unless crossed factors make a large dense block; see engine.use_exact_hessian).
+    ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients, started from the
+    exact Hessian at the start) or "auto" (currently "bfgs"; see engine.use_exact_hessian).
     """
     t0 = time.perf_counter()
     design = build_design(formula, data, weights=weights, offset=offset)

@@ -184,8 +184,9 @@ def schur_parts(theta, stats: Stats):
             for r2 in range(nchain, r + 1):
                 _, qr2 = st.factors[r2]
                 a, b = stats.ppa[k, r, r2], stats.ppb[k, r, r2]
-                # the barrier keeps XLA from fusing P's producers into the gathers below
-                # (recomputed per pair of pairs: 3x slower derivatives on the crossed model)
+                # asks XLA not to fuse P's producers into the gathers below (they would be
+                # recomputed per pair of pairs); XLA:CPU (jaxlib 0.10) strips barriers before
+                # fusion, so on CPU this is a no-op, kept for backends that honour it
                 pa, pb = lax.optimization_barrier((P[k, r], P[k, r2]))
                 vals = sb.matmul_nt(pa[a], pb[b])  # (npp, qr, qr2)
                 tgt = stats.ppt[k, r, r2]
