@@ -25,6 +25,7 @@ import numpy as np
 from jax import lax
 
 from . import smallblock as sb
+from .linearized import indicator
 from .pls import assemble, schur_parts
 from .stats import Stats
 
@@ -42,10 +43,7 @@ def split(struct):
     ci = np.array([e[0] for k in range(nchain) for e in struct.templates[k]], dtype=np.int32)
     ri = np.array([struct.templates[nchain + r][0][0] for r in range(len(struct.rest))],
                   dtype=np.int32)
-    E = np.zeros((struct.m, len(struct.rest)))
-    for r, ((G, _), off) in enumerate(zip(struct.rest, struct.rest_offsets)):
-        E[off:off + G, r] = 1.0
-    return ci, ri, E
+    return ci, ri, indicator(struct)[:, :-1]
 
 
 def unscaled_block(theta, stats: Stats, ci, ri):
