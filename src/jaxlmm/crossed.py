@@ -26,7 +26,7 @@ from jax import lax
 
 from . import smallblock as sb
 from .linearized import indicator
-from .pls import assemble, schur_parts
+from .pls import assemble, eye_rand, schur_parts
 from .stats import Stats
 
 TINY = 1e-4  # crossed thetas below this take the generic trace (the closed form divides)
@@ -34,7 +34,7 @@ TINY = 1e-4  # crossed thetas below this take the generic trace (the closed form
 
 def applies(struct) -> bool:
     """Whether the closed forms hold: crossed factors present and all scalar."""
-    return len(struct.rest) > 0 and all(q == 1 for _, q in struct.rest)
+    return struct.scalar_rest
 
 
 def split(struct):
@@ -48,14 +48,13 @@ def split(struct):
 
 def unscaled_block(theta, stats: Stats, ci, ri):
     """(S, dS/dtheta_c (m, m, k_chain), chain log-determinant) at unit crossed thetas."""
-    m_rand = stats.struct.m_rand
+    st = stats.struct
 
     def block(tc):
         t = theta.at[ci].set(tc).at[ri].set(1.0)
         _, Ls, _, _, _, Msc, parts = schur_parts(t, stats)
         chain = 2.0 * sum(sb.log_diag_sum(L) for L in Ls)
-        S = assemble(Msc, parts) - jnp.diag((jnp.arange(Msc.shape[0]) < m_rand)
-                                            .astype(Msc.dtype))
+        S = assemble(Msc, parts) - eye_rand(st, Msc.dtype)
         return S, (S, chain)
 
     J, (S, chain) = jax.jacfwd(block, has_aux=True)(theta[ci])
@@ -68,10 +67,9 @@ def scaling(theta, ri, E):
     return Er @ theta[ri] + (1.0 - jnp.sum(Er, axis=1))
 
 
-def scaled_block(lam, S, m_rand: int):
+def scaled_block(lam, S, struct):
     """M = D S D + I_r."""
-    eye_r = (jnp.arange(S.shape[0]) < m_rand).astype(S.dtype)
-    return lam[:, None] * lam[None, :] * S + jnp.diag(eye_r)
+    return lam[:, None] * lam[None, :] * S + eye_rand(struct, S.dtype)
 
 
 def tangent_terms(theta, lam, S, Jc, H, W, ci, ri, E):

@@ -229,7 +229,6 @@ def _build(parsed: ParsedFormula, frame: pd.DataFrame, rows, used, in_exprs, w_i
     # columns used only as grouping factors never reach formulaic
     cols = {c: _model_column(sub[c], c, cache) for c in used
             if c != parsed.response and c in in_exprs}
-    # (an index only for the column-free case: aligning given Series on it costs a copy each)
     cols[parsed.response] = pd.Series(y)  # usable in expressions too
     prepared = _Prepared(cols, len(y))
     nan_rows = np.zeros(len(sub), dtype=bool)

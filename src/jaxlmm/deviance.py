@@ -112,7 +112,7 @@ def _crossed_value_grad_hessian(theta, stats: Stats, reml: bool):
     ci, ri, E = crossed.split(st)
     S, Jc, chain = crossed.unscaled_block(theta, stats, ci, ri)
     lam = crossed.scaling(theta, ri, E)
-    value, Gam, (G, W, a, b) = _dense_terms(crossed.scaled_block(lam, S, st.m_rand), chain,
+    value, Gam, (G, W, a, b) = _dense_terms(crossed.scaled_block(lam, S, st), chain,
                                             stats, reml)
     _, g, H = _psi_value_grad_hessian(theta, Gam, stats)
     t_r, R = crossed.tangent_terms(theta, lam, S, Jc, G, W, ci, ri, E)

@@ -63,6 +63,12 @@ class Structure:
     def m(self) -> int:
         return self.m_rand + self.p + 1
 
+    @property
+    def scalar_rest(self) -> bool:
+        """Crossed factors present and all scalar: the per-level tensors (linearized.py) and
+        the closed-form tangents (crossed.py) apply."""
+        return len(self.rest) > 0 and all(q == 1 for _, q in self.rest)
+
 
 @dataclass(frozen=True)
 class ThetaEntry:

@@ -35,7 +35,7 @@ SCALED = (-2, -2)  # key of the scaled block's quadratic form in the tensors' di
 
 def first_factor_reduced(struct) -> bool:
     """Whether the first chain factor's updates take the per-level form (scalar rest)."""
-    return len(struct.rest) > 0 and all(q == 1 for _, q in struct.rest)
+    return struct.scalar_rest
 
 
 def tensors(w, stats: Stats):

@@ -49,6 +49,12 @@ def templates(theta, struct):
     return tuple(out)
 
 
+def eye_rand(struct, dtype):
+    """diag(I_r, 0): the identity on the dense block's random-effect rows, as a dense array
+    (a scatter of the diagonal would make every forward tangent a materialized copy)."""
+    return jnp.diag((jnp.arange(struct.m) < struct.m_rand).astype(dtype))
+
+
 def _scale_dense(M, T, struct):
     """Lambda' M Lambda on the dense block, then I added on its random-effects diagonal.
 
@@ -73,10 +79,7 @@ def _scale_dense(M, T, struct):
         M = M.at[sl, :].set(jnp.einsum("ca,gcm->gam", t, blk).reshape(G * q, m))
         blk = M[:, sl].reshape(m, G, q)
         M = M.at[:, sl].set(jnp.einsum("mgc,ca->mga", blk, t).reshape(m, G * q))
-    # + I on the random-effects diagonal as a dense add, not a scatter: a scatter would make
-    # every forward tangent of this block a materialized m x m copy
-    eye_r = (jnp.arange(m) < struct.m_rand).astype(M.dtype)
-    return M + jnp.diag(eye_r)
+    return M + eye_rand(struct, M.dtype)  # + I on the random-effects diagonal
 
 
 def factorize(theta, stats: Stats) -> Factorization:

@@ -46,7 +46,7 @@ class Stats:
     ppa: dict
     ppb: dict
     ppt: dict  # flat target index (row * m + col) in the dense block, ascending
-    ppj: dict  # first chain factor only: its level of each pair of pairs, pj[0, r][ppa]
+    ppj: dict  # first chain factor, scalar crossed factors only: pj[0, r][ppa]
     E: tuple
     M: jax.Array
     n: jax.Array  # number of observations (float)
@@ -250,7 +250,8 @@ def compute(factors, nchain: int, struct: Structure, X, y, weights=None, offset=
     host = jax.device_put(dict(
         parent=parent, pi={k: v[0] for k, v in pairs.items()},
         pj={k: v[1] for k, v in pairs.items()}, pmap=pmap, ppa=ppa, ppb=ppb, ppt=ppt,
-        ppj={(k, r, r2): pairs[k, r][1][a] for (k, r, r2), a in ppa.items() if k == 0},
+        ppj={(k, r, r2): pairs[k, r][1][a] for (k, r, r2), a in ppa.items()
+             if k == 0 and struct.scalar_rest},
         n=np.asarray(float(n)), ldw=np.asarray(float(np.log(w).sum())),
         log_scale=np.asarray([np.log(sc.s), np.log(sc.d).sum()])))
     stats = Stats(D=D, C=C, P=P, E=E, M=M, struct=struct, **host)
