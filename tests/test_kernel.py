@@ -228,3 +228,17 @@ def test_recursive_inverse_pieces(n):
     np.testing.assert_allclose(np.asarray(G), np.linalg.inv(M[:mr, :mr]), rtol=1e-10,
                                atol=1e-12)
     np.testing.assert_allclose(np.asarray(W), np.linalg.inv(L)[mr:], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bound", [10**6, 2**62])
+def test_target_order_both_branches(bound):
+    """stats._target_order: the packed int64 sort (small bounds) and the argsort fallback
+    (targets too wide to pack with their positions) both sort the targets, with equal
+    targets adjacent and the permutation consistent with them."""
+    from jaxlmm.stats import _target_order
+
+    t = RNG.integers(0, min(bound, 5000), 20000).astype(np.int64)
+    srt, order = _target_order(t, bound)
+    np.testing.assert_array_equal(srt, np.sort(t))
+    np.testing.assert_array_equal(t[order], srt)
+    assert np.array_equal(np.sort(order), np.arange(t.size))
