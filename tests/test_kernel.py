@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlmm import layout, solve as solve_mod, stats as stats_mod
-from jaxlmm.engine import objective_jit
+import jaxlmm
+from jaxlmm import pls
 
-_solve = jax.jit(solve_mod.solve, static_argnames="reml")
-_factorize = jax.jit(solve_mod.factorize)
+objective_jit = jaxlmm.objective
+_solve = jaxlmm.solve
+_factorize = jax.jit(pls.factorize)
 
 RNG = np.random.default_rng(20261123)
 N = 240
@@ -66,12 +67,9 @@ DESIGNS = _designs()
 
 
 def _prepare(terms, X, y, w):
-    facs = layout.amalgamate(terms)
-    elim, nchain = layout.order_factors(facs)
-    entries = layout.theta_layout(terms, facs, elim)
-    struct = layout.structure(facs, elim, nchain, entries, X.shape[1])
-    stats, sc = stats_mod.compute([facs[f] for f in elim], nchain, struct, X, y, weights=w)
-    return facs, elim, entries, struct, stats, sc
+    """(factors in elimination order, theta entries, structure, statistics) of a design."""
+    d = jaxlmm.design_from_arrays(y, X, [(t.group, t.codes, t.Z) for t in terms], weights=w)
+    return d.info.factors, d.info.entries, d.struct, jaxlmm.suffstats(d)
 
 
 def _random_theta(struct):
@@ -81,10 +79,10 @@ def _random_theta(struct):
     return th
 
 
-def _term_entries(facs, elim, entries):
+def _term_entries(facs, entries):
     out = []
     for e in entries:
-        f = facs[elim[e.factor]]
+        f = facs[e.factor]
         start = f.term_slices[f.terms.index(e.term)][0]
         out.append((e.term, e.row - start, e.col - start))
     return out
@@ -94,53 +92,53 @@ def _term_entries(facs, elim, entries):
 @pytest.mark.parametrize("reml", [True, False])
 def test_criterion_equals_dense_gls(name, reml):
     terms, X, y, w = DESIGNS[name]
-    facs, elim, entries, struct, stats, _ = _prepare(terms, X, y, w)
+    facs, entries, struct, stats = _prepare(terms, X, y, w)
     for _ in range(3):
         th = _random_theta(struct)
         got = float(objective_jit(jnp.asarray(th), stats, reml))
-        ZL = dense_gls.dense_z_lambda(terms, _term_entries(facs, elim, entries), th)
+        ZL = dense_gls.dense_z_lambda(terms, _term_entries(facs, entries), th)
         ref = dense_gls.criterion(ZL, X, y, reml, w)
         assert got == pytest.approx(ref, rel=1e-11, abs=1e-9)
 
 
 def test_nesting_detected():
-    _, _, _, struct, _, _ = _prepare(*DESIGNS["nested_plus_crossed"])
+    _, _, struct, _ = _prepare(*DESIGNS["nested_plus_crossed"])
     assert len(struct.chain) == 2 and len(struct.rest) == 2
-    _, _, _, struct, _, _ = _prepare(*DESIGNS["nested_three"])
+    _, _, struct, _ = _prepare(*DESIGNS["nested_three"])
     assert len(struct.chain) == 3 and len(struct.rest) == 0
-    _, _, _, struct, _, _ = _prepare(*DESIGNS["crossed_vector"])
+    _, _, struct, _ = _prepare(*DESIGNS["crossed_vector"])
     assert len(struct.chain) == 1 and len(struct.rest) == 1
 
 
 @pytest.mark.parametrize("name", sorted(DESIGNS))
 def test_solve_equals_dense(name):
     terms, X, y, w = DESIGNS[name]
-    facs, elim, entries, struct, stats, sc = _prepare(terms, X, y, w)
+    facs, entries, struct, stats = _prepare(terms, X, y, w)
     th = jnp.asarray(_random_theta(struct))
     sol = _solve(th, stats, reml=True)
     T = _factorize(th, stats).T
     n = len(y)
     wv = np.ones(n) if w is None else w
     blocks = []
-    for pos, fi in enumerate(elim):
-        f = facs[fi]
+    for pos, f in enumerate(facs):
         Zt = np.zeros((n, f.nlevels * f.q))
         for a in range(f.q):
             Zt[np.arange(n), f.codes * f.q + a] = f.Z[:, a]
         blocks.append(Zt @ np.kron(np.eye(f.nlevels), np.asarray(T[pos])))
     ZL = np.hstack(blocks)
-    Xs, ys = (X - sc.m) / sc.d, (y - sc.c) / sc.s
-    A = np.block([[ZL.T * wv @ ZL + np.eye(ZL.shape[1]), ZL.T * wv @ Xs],
-                  [Xs.T * wv @ ZL, Xs.T * wv @ Xs]])
-    full = np.linalg.solve(A, np.concatenate([ZL.T * wv @ ys, Xs.T * wv @ ys]))
+    A = np.block([[ZL.T * wv @ ZL + np.eye(ZL.shape[1]), ZL.T * wv @ X],
+                  [X.T * wv @ ZL, X.T * wv @ X]])
+    full = np.linalg.solve(A, np.concatenate([ZL.T * wv @ y, X.T * wv @ y]))
     qt = ZL.shape[1]
-    np.testing.assert_allclose(np.asarray(sol.gamma), full[qt:], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(sol.beta), full[qt:], rtol=1e-9, atol=1e-9)
     u = np.concatenate([np.asarray(v).ravel() for v in sol.u])
-    np.testing.assert_allclose(u, full[:qt], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(u, full[:qt], rtol=1e-9, atol=1e-9)
+    # vcov / sigma^2 = the X block of A^{-1}
+    np.testing.assert_allclose(np.asarray(sol.xtx_inv), np.linalg.inv(A)[qt:, qt:],
+                               rtol=1e-8, atol=1e-12)
     Sig = np.linalg.inv(ZL.T * wv @ ZL + np.eye(qt))
     off = 0
-    for pos, fi in enumerate(elim):
-        f = facs[fi]
+    for pos, f in enumerate(facs):
         Tk = np.asarray(T[pos])
         for j in range(f.nlevels):
             sl = slice(off + j * f.q, off + (j + 1) * f.q)
@@ -156,7 +154,7 @@ def test_large_dense_path_matches(name, monkeypatch):
     from jaxlmm import deviance
 
     terms, X, y, w = DESIGNS[name]
-    _, _, _, struct, stats, _ = _prepare(terms, X, y, w)
+    _, _, struct, stats = _prepare(terms, X, y, w)
     th = jnp.asarray(_random_theta(struct))
     def derivatives(t, s):
         f = lambda u: deviance.objective(u, s, True)  # noqa: E731
@@ -184,7 +182,7 @@ def test_large_dense_derivatives_match_autodiff(name, reml, zero, monkeypatch):
     from jaxlmm import crossed, deviance, linearized
 
     terms, X, y, w = DESIGNS[name]
-    _, _, _, struct, stats, _ = _prepare(terms, X, y, w)
+    _, _, struct, stats = _prepare(terms, X, y, w)
     # scalar crossed factors take the per-level tensor route, vector ones the plain one
     scalar = name in ("crossed_scalar", "nested_scalar_crossed")
     assert linearized.first_factor_reduced(struct) == scalar
@@ -232,10 +230,10 @@ def test_recursive_inverse_pieces(n):
 
 @pytest.mark.parametrize("bound", [10**6, 2**62])
 def test_target_order_both_branches(bound):
-    """stats._target_order: the packed int64 sort (small bounds) and the argsort fallback
+    """pattern._target_order: the packed int64 sort (small bounds) and the argsort fallback
     (targets too wide to pack with their positions) both sort the targets, with equal
     targets adjacent and the permutation consistent with them."""
-    from jaxlmm.stats import _target_order
+    from jaxlmm.pattern import _target_order
 
     t = RNG.integers(0, min(bound, 5000), 20000).astype(np.int64)
     srt, order = _target_order(t, bound)

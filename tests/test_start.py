@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import jaxlmm
-from jaxlmm import layout, model, start
+from jaxlmm import start
 
 
 def _crossed(n=6000, nu=500, ni=300, su=0.8, si=0.4, seed=3):
@@ -22,11 +22,8 @@ def _crossed(n=6000, nu=500, ni=300, su=0.8, si=0.4, seed=3):
 
 
 def _setup(formula, df):
-    design = model.build_design(formula, df)
-    ms = model.setup(design)
-    stats, _ = model.compute(ms.factors, ms.nchain, ms.struct, design.X, design.y,
-                             design.weights, design.offset)
-    return ms, stats
+    d = jaxlmm.design(formula, df)
+    return d, jaxlmm.suffstats(d)
 
 
 def test_moments_close_to_the_optimum():
@@ -36,7 +33,7 @@ def test_moments_close_to_the_optimum():
     formula = "y ~ x + (1 | u) + (1 | i)"
     ms, stats = _setup(formula, df)
     assert start.use_moments(ms.struct)
-    theta0 = layout.theta_start(ms.entries)
+    theta0 = ms.theta_start
     th = np.asarray(start.moments(stats, jnp.asarray(theta0)))
     m = jaxlmm.fit(formula, df)
     np.testing.assert_allclose(th, m.theta, rtol=0.25)
@@ -51,10 +48,10 @@ def test_moments_close_to_the_optimum():
 def test_moments_leave_vector_terms_and_small_models_alone():
     df = _crossed()
     ms, stats = _setup("y ~ x + (1 | u) + (x | i)", df)
-    theta0 = layout.theta_start(ms.entries)
+    theta0 = ms.theta_start
     th = np.asarray(start.moments(stats, jnp.asarray(theta0)))
-    names = [(e.factor, e.row, e.col) for e in ms.entries]
-    vector = [k for k, e in enumerate(ms.entries) if ms.factors[e.factor].q > 1]
+    names = [(e.factor, e.row, e.col) for e in ms.info.entries]
+    vector = [k for k, e in enumerate(ms.info.entries) if ms.info.factors[e.factor].q > 1]
     np.testing.assert_array_equal(th[vector], theta0[vector])
     assert len(vector) == 3 and len(names) == 4
     assert th[[k for k in range(4) if k not in vector]][0] != 1.0
@@ -66,6 +63,6 @@ def test_moments_floor_and_no_variance():
     """A factor with no variance starts at THETA_MIN, not on the boundary."""
     df = _crossed(si=0.0, seed=5)
     ms, stats = _setup("y ~ x + (1 | u) + (1 | i)", df)
-    th = np.asarray(start.moments(stats, jnp.asarray(layout.theta_start(ms.entries))))
+    th = np.asarray(start.moments(stats, jnp.asarray(ms.theta_start)))
     assert np.all(th >= start.THETA_MIN)
     assert th[1] < 0.15

@@ -1,6 +1,14 @@
 """jaxlmm: linear mixed-effects models with lme4's semantics, fitted with JAX.
 
 Importing jaxlmm switches on JAX's float64 mode (see README).
+
+Two layers (docs/jax.md):
+
+* pandas level: ``fit(formula, data)`` -> ``LinearMixedModel`` (tables, summary, ranef);
+* functional JAX layer, of which ``fit`` is the composition:
+  ``design(formula, data)`` (host side) -> ``suffstats(design)`` -> ``fit_stats(stats)``,
+  with ``objective(theta, stats)`` and ``solve(theta, stats)`` for custom optimizers.
+  All but ``design`` are pure JAX functions: jit, vmap and grad apply.
 """
 
 from ._config import configure as _configure
@@ -8,18 +16,34 @@ from ._config import configure as _configure
 _configure()
 
 from . import datasets  # noqa: E402
-from .design import Design, build_design  # noqa: E402
+from .engine import FitResult, fit_stats, objective, solve  # noqa: E402
 from .errors import DataError, FormulaError, JaxlmmError  # noqa: E402
 from .formula import parse_formula  # noqa: E402
+from .frame import ModelFrame, model_frame  # noqa: E402
 from .model import LinearMixedModel, fit  # noqa: E402
+from .modeldesign import Design, design, design_from_arrays  # noqa: E402
+from .optimize import STATUS  # noqa: E402
+from .solution import Solution  # noqa: E402
+from .stats import Stats, suffstats  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "fit",
     "LinearMixedModel",
-    "build_design",
+    "design",
+    "design_from_arrays",
     "Design",
+    "suffstats",
+    "Stats",
+    "objective",
+    "solve",
+    "Solution",
+    "fit_stats",
+    "FitResult",
+    "STATUS",
+    "model_frame",
+    "ModelFrame",
     "parse_formula",
     "datasets",
     "JaxlmmError",

@@ -64,7 +64,7 @@ def _criterion_of_factor(L, chain, stats: Stats, reml: bool):
 def criterion(logdet_l, logdet_x, pwrss, stats: Stats, reml: bool):
     n = stats.n
     p = stats.struct.p
-    log_s, log_d = stats.log_scale[0], stats.log_scale[1]
+    log_s, log_d = jnp.log(stats.scale.s), jnp.sum(jnp.log(stats.scale.d))
     if reml:
         nu = n - p
         return (logdet_l + logdet_x + 2.0 * log_d - stats.ldw

@@ -54,6 +54,7 @@ class Structure:
     templates: tuple  # per factor (elimination order): ((theta_index, row, col), ...)
     n_theta: int
     lower: tuple  # lower bound of each theta (0.0 or -inf)
+    intercept: int | None = None  # the column of X that is all ones, if any
 
     @property
     def factors(self):
@@ -140,7 +141,8 @@ def theta_layout(terms, factors: list[Factor], elim: list[int]) -> list[ThetaEnt
     return entries
 
 
-def structure(factors: list[Factor], elim: list[int], nchain: int, entries, p: int) -> Structure:
+def structure(factors: list[Factor], elim: list[int], nchain: int, entries, p: int,
+              intercept: int | None = None) -> Structure:
     facs = [factors[f] for f in elim]
     chain = tuple((f.nlevels, f.q) for f in facs[:nchain])
     rest = tuple((f.nlevels, f.q) for f in facs[nchain:])
@@ -153,9 +155,10 @@ def structure(factors: list[Factor], elim: list[int], nchain: int, entries, p: i
         for pos in range(len(facs))
     )
     lower = tuple(0.0 if e.row == e.col else -np.inf for e in entries)
-    return Structure(chain, rest, tuple(offsets), off, p, templates, len(entries), lower)
+    return Structure(chain, rest, tuple(offsets), off, p, templates, len(entries), lower,
+                     intercept)
 
 
-def theta_start(entries) -> np.ndarray:
-    """lme4's default start: 1 on template diagonals, 0 elsewhere."""
-    return np.array([1.0 if e.row == e.col else 0.0 for e in entries])
+def theta_start(struct: Structure) -> np.ndarray:
+    """lme4's default start: 1 on template diagonals (bounded below), 0 elsewhere."""
+    return np.where(np.isfinite(np.asarray(struct.lower, float)), 1.0, 0.0)

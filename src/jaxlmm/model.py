@@ -5,37 +5,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import layout
-from .design import Design, build_design
-from .engine import fit_stats_jit, use_exact_hessian
+from .engine import FitResult, fit_stats, use_exact_hessian
+from .frame import ModelFrame
+from .modeldesign import Design, design as make_design
 from .optimize import STATUS
-from .start import moments, use_moments
-from .stats import compute
+from .stats import suffstats
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on theta
-
-
-@dataclass(frozen=True)
-class ModelSetup:
-    """Host-side pieces linking the design to the kernels (shapes, order, theta layout)."""
-
-    design: Design
-    factors: list  # layout.Factor, in elimination order
-    nchain: int
-    entries: list  # layout.ThetaEntry, lme4's theta order
-    struct: layout.Structure
-
-
-def setup(design: Design) -> ModelSetup:
-    factors = layout.amalgamate(design.terms)
-    elim, nchain = layout.order_factors(factors)
-    entries = layout.theta_layout(design.terms, factors, elim)
-    struct = layout.structure(factors, elim, nchain, entries, design.X.shape[1])
-    return ModelSetup(design, [factors[f] for f in elim], nchain, entries, struct)
 
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
@@ -43,6 +22,8 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
         data_name: str | None = None) -> "LinearMixedModel":
     """Fit a linear mixed model with lme4 syntax, e.g. ``"y ~ x + (1 + x | g)"``.
 
+    The composition of the functional layer: ``design`` -> ``suffstats`` -> ``fit_stats``,
+    with the result wrapped in a ``LinearMixedModel`` (names, tables, summary).
     ``reml=True`` (default) optimizes the REML criterion, else the ML deviance.
     ``weights``/``offset``: column names or arrays (lme4's prior weights and offset).
     ``start``: initial theta in lme4's order. Default: lme4's (1 on template diagonals, 0
@@ -50,28 +31,22 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     scalar factors start from moment estimates (start.py; the optimum is the same).
     ``max_iter``: optimizer iterations (0 evaluates at ``start`` without optimizing).
     ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients, started from the
-    exact Hessian at the start) or "auto" (currently "bfgs"; see engine.use_exact_hessian).
+    exact Hessian at the start) or "auto" (currently "bfgs"; see implicit.use_exact_hessian).
     """
     t0 = time.perf_counter()
-    design = build_design(formula, data, weights=weights, offset=offset)
-    ms = setup(design)
+    d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
-    stats, scaling = compute(ms.factors, ms.nchain, ms.struct, design.X, design.y,
-                             design.weights, design.offset)
-    if start is None:
-        theta0 = layout.theta_start(ms.entries)
-        if use_moments(ms.struct):
-            theta0 = np.asarray(moments(stats, jnp.asarray(theta0)))
-    else:
+    theta0 = None
+    if start is not None:
         theta0 = np.asarray(start, float)
-    if theta0.shape != (ms.struct.n_theta,):
-        raise ValueError(f"start must have {ms.struct.n_theta} elements (lme4's theta order), "
-                         f"got shape {theta0.shape}")
-    res = fit_stats_jit(stats, jnp.asarray(theta0), reml=reml, max_iter=max_iter,
-                        hessian=hessian)
+        if theta0.shape != (d.struct.n_theta,):
+            raise ValueError(f"start must have {d.struct.n_theta} elements (lme4's theta "
+                             f"order: {', '.join(d.info.theta_names)}), got shape "
+                             f"{theta0.shape}")
+    res = fit_stats(suffstats(d), reml=reml, theta0=theta0, max_iter=max_iter, hessian=hessian)
     res = _to_host(res)
     t2 = time.perf_counter()
-    return LinearMixedModel(ms, scaling, res, reml, theta0, hessian, data_name,
+    return LinearMixedModel(d, res, reml, hessian, data_name,
                             timings={"design": t1 - t0, "fit": t2 - t1},
                             weights_name=weights if isinstance(weights, str) else None,
                             offset_name=offset if isinstance(offset, str) else None)
@@ -96,11 +71,9 @@ def _unique_names(names):
 class LinearMixedModel:
     """A fitted linear mixed model (lme4's merMod / MixedModels.jl's LinearMixedModel)."""
 
-    setup: ModelSetup
-    scaling: object
-    result: object  # engine.FitResult on the host
+    design: Design
+    result: FitResult  # on the host (numpy leaves)
     reml: bool
-    theta0: np.ndarray
     hessian: str = "auto"
     data_name: str | None = None
     timings: dict = field(default_factory=dict)
@@ -109,49 +82,44 @@ class LinearMixedModel:
 
     # ------------------------------------------------------------------ parameters
     @property
-    def design(self) -> Design:
-        return self.setup.design
+    def frame(self) -> ModelFrame:
+        """The model frame: response, model matrices, terms, levels, dropped rows."""
+        return self.design.info.frame
 
     @property
     def formula(self) -> str:
-        return self.design.formula
+        return self.frame.formula
+
+    @property
+    def theta0(self) -> np.ndarray:
+        """The optimizer's start (lme4's order)."""
+        return np.asarray(self.result.theta0, float)
 
     @property
     def theta(self) -> np.ndarray:
         """Relative covariance parameters in lme4's order (getME(m, "theta"))."""
-        return np.asarray(self.result.opt.theta, float)
+        return np.asarray(self.result.theta, float)
 
     @property
     def theta_names(self) -> list[str]:
-        terms = self.design.terms
-        out = []
-        for e in self.setup.entries:
-            t = terms[e.term]
-            f = self.setup.factors[e.factor]
-            start = f.term_slices[f.terms.index(e.term)][0]
-            r, c = e.row - start, e.col - start
-            if r == c:
-                out.append(f"{t.group}.{t.columns[r]}")
-            else:
-                out.append(f"{t.group}.{t.columns[r]}.{t.columns[c]}")
-        return out
+        return self.design.info.theta_names
 
     @property
     def lower(self) -> np.ndarray:
-        return np.asarray(self.setup.struct.lower)
+        return self.design.lower
 
     @property
     def nobs(self) -> int:
-        return int(self.design.y.shape[0])
+        return self.design.n
 
     @property
     def sigma(self) -> float:
-        return float(self.result.sol.sigma) * self.scaling.s
+        return float(self.result.sigma)
 
     @property
     def objective(self) -> float:
         """REML criterion (reml=True) or ML deviance at the optimum: REMLcrit()/deviance()."""
-        return float(self.result.opt.fun)
+        return float(self.result.objective)
 
     @property
     def loglik(self) -> float:
@@ -159,7 +127,7 @@ class LinearMixedModel:
 
     @property
     def npar(self) -> int:
-        return self.design.X.shape[1] + self.setup.struct.n_theta + 1
+        return self.design.p + self.design.struct.n_theta + 1
 
     @property
     def aic(self) -> float:
@@ -169,24 +137,17 @@ class LinearMixedModel:
     def bic(self) -> float:
         return self.objective + np.log(self.nobs) * self.npar
 
-    def _a_inv(self):
-        return np.linalg.inv(self.scaling.a_matrix())
-
     @property
     def fixef(self) -> pd.Series:
         """Fixed-effects estimates beta, named by coefficient."""
-        sc = self.scaling
-        g = sc.s * np.asarray(self.result.sol.gamma, float)
-        if sc.intercept is not None:
-            g[sc.intercept] += sc.c
-        return pd.Series(self._a_inv() @ g, index=list(self.design.fixef_names), name="fixef")
+        return pd.Series(np.asarray(self.result.beta, float),
+                         index=list(self.frame.fixef_names), name="fixef")
 
     @property
     def vcov(self) -> pd.DataFrame:
         """Covariance matrix of the fixed-effects estimates: sigma^2 (X'V^{-1}X)^{-1}."""
-        ai = self._a_inv()
-        v = (self.sigma ** 2) * ai @ np.asarray(self.result.sol.xtx_inv) @ ai.T
-        names = list(self.design.fixef_names)
+        v = (self.sigma ** 2) * np.asarray(self.result.solution.xtx_inv, float)
+        names = list(self.frame.fixef_names)
         return pd.DataFrame(v, index=names, columns=names)
 
     @property
@@ -196,9 +157,10 @@ class LinearMixedModel:
     # ------------------------------------------------------------------ variance components
     def _term_covariances(self):
         """(term index, group label, column names, covariance matrix) in lme4's term order."""
-        terms = self.design.terms
+        terms = self.frame.terms
+        info = self.design.info
         order = []
-        for e in self.setup.entries:
+        for e in info.entries:
             if e.term not in order:
                 order.append(e.term)
         labels = _unique_names([terms[t].group for t in order])
@@ -206,9 +168,9 @@ class LinearMixedModel:
         for t, lab in zip(order, labels):
             q = terms[t].Z.shape[1]
             T = np.zeros((q, q))
-            for i, e in enumerate(self.setup.entries):
+            for i, e in enumerate(info.entries):
                 if e.term == t:
-                    f = self.setup.factors[e.factor]
+                    f = info.factors[e.factor]
                     start = f.term_slices[f.terms.index(t)][0]
                     T[e.row - start, e.col - start] = self.theta[i]
             out.append((t, lab, terms[t].columns, self.sigma ** 2 * T @ T.T))
@@ -253,7 +215,7 @@ class LinearMixedModel:
         status = int(o.status)
         return {
             "optimizer": ("projected Newton, exact autodiff gradient and Hessian"
-                          if use_exact_hessian(self.setup.struct, self.hessian) else
+                          if use_exact_hessian(self.hessian) else
                           "projected BFGS, exact autodiff gradient"),
             "status": status,
             "message": STATUS[status],
@@ -271,7 +233,7 @@ class LinearMixedModel:
 
     @property
     def messages(self) -> list[str]:
-        msgs = list(self.design.messages)
+        msgs = list(self.frame.messages)
         if self.is_singular:
             msgs.append("boundary (singular) fit: variance component(s) at zero: "
                         + ", ".join(self.singular_components))
@@ -282,17 +244,17 @@ class LinearMixedModel:
     # ------------------------------------------------------------------ random effects
     def _ranef_arrays(self):
         """Per factor (lme4 factor order): (factor, b (G, q), condsd (G, q)) in data units."""
-        s = self.scaling.s
+        info = self.design.info
         order, seen = [], set()
-        for e in self.setup.entries:
+        for e in info.entries:
             if e.factor not in seen:
                 seen.add(e.factor)
                 order.append(e.factor)
         out = []
         for pos in order:
-            f = self.setup.factors[pos]
-            b = s * np.asarray(self.result.sol.b[pos])
-            cv = np.asarray(self.result.sol.cond_var[pos])
+            f = info.factors[pos]
+            b = np.asarray(self.result.solution.b[pos])
+            cv = np.asarray(self.result.solution.cond_var[pos])
             csd = self.sigma * np.sqrt(np.maximum(np.diagonal(cv, axis1=1, axis2=2), 0.0))
             out.append((f, b, csd))
         return out
@@ -312,7 +274,7 @@ class LinearMixedModel:
 
     def fitted(self) -> np.ndarray:
         """X beta + Z b (+ offset) for the rows used in the fit."""
-        d = self.design
+        d = self.frame
         mu = d.X @ self.fixef.values
         for f, b, _ in self._ranef_arrays():
             mu = mu + np.sum(f.Z * b[f.codes], axis=1)
@@ -322,9 +284,9 @@ class LinearMixedModel:
 
     def residuals(self, scaled: bool = False) -> np.ndarray:
         """Response residuals y - fitted; ``scaled=True`` gives Pearson residuals / sigma."""
-        r = self.design.y - self.fitted()
+        r = self.frame.y - self.fitted()
         if scaled:
-            w = 1.0 if self.design.weights is None else np.sqrt(self.design.weights)
+            w = 1.0 if self.frame.weights is None else np.sqrt(self.frame.weights)
             r = r * w / self.sigma
         return r
 

@@ -1,6 +1,7 @@
 """Starting values for theta.
 
-lme4 starts every template diagonal at 1 and every off-diagonal at 0 (layout.theta_start).
+lme4 starts every template diagonal at 1 and every off-diagonal at 0 (layout.theta_start);
+``default`` is that start, with moment estimates where they pay off.
 With a large dense block each optimizer iteration costs an m^3 factorization and inverse, so
 there the scalar factors start from moment estimates computed from the statistics
 (``moments``). The optimum does not depend on the start; the number of iterations does
@@ -33,6 +34,14 @@ THETA_MIN = 0.05
 def use_moments(struct) -> bool:
     """Moment starts pay off where iterations are costly: a large dense block."""
     return struct.m_rand > LARGE_DENSE and any(q == 1 for _, q in struct.factors)
+
+
+def default(stats: Stats):
+    """The default theta0 (jittable): lme4's, with moment estimates for scalar factors when
+    ``use_moments``."""
+    lower = jnp.asarray(stats.struct.lower, stats.dtype)
+    theta0 = jnp.where(jnp.isfinite(lower), 1.0, 0.0).astype(stats.dtype)
+    return moments(stats, theta0) if use_moments(stats.struct) else theta0
 
 
 def _level_sums(stats: Stats, k: int):

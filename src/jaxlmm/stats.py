@@ -11,15 +11,19 @@ After this pass nothing in a deviance evaluation touches an n-length array. The 
 * ``E[k]``       (G_k, p+1, q_k)  [X y]'Z_k per level
 * ``M``          (m, m) dense      the rest factors' Z'Z, their Z'[X y], and [X y]'[X y]
 
-plus host-built index lists for the Schur updates (``pmap``, ``ppa``/``ppb``). Rows are
-multiplied by sqrt(prior weight); y and the non-intercept columns of X are centred and scaled
-first (the criterion is corrected exactly for the scaling; see docs/numerics.md).
+plus the design's index lists (pattern.py). Rows are multiplied by sqrt(prior weight); y and
+the non-intercept columns of X are centred and scaled first (``Scale``; the criterion and the
+estimates are mapped back exactly, see docs/numerics.md).
+
+``suffstats`` is a pure JAX function of the design's arrays: it can be jitted, vmapped over
+responses (only the y-dependent blocks E and M are then batched) and differentiated in y and X.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +34,7 @@ from .layout import Structure
 
 @partial(jax.tree_util.register_dataclass,
          data_fields=["D", "C", "parent", "P", "pi", "pj", "pmap", "ppa", "ppb", "ppt", "ppj",
-                      "E", "M", "n", "ldw", "log_scale"],
+                      "E", "M", "n", "ldw", "scale"],
          meta_fields=["struct"])
 @dataclass(frozen=True)
 class Stats:
@@ -51,33 +55,34 @@ class Stats:
     M: jax.Array
     n: jax.Array  # number of observations (float)
     ldw: jax.Array  # sum(log(prior weights))
-    log_scale: jax.Array  # (2,): log(y scale), sum(log(X column scales))
+    scale: "Scale"
     struct: Structure
 
+    @property
+    def dtype(self):
+        return self.M.dtype
 
-@dataclass(frozen=True)
-class Scaling:
-    """Host-side record of how y and X were centred/scaled before forming cross-products.
 
-    With Xs = (X - 1 m') diag(1/d) and ys = (y - offset - c) / s, the coefficients satisfy
-    beta = A^{-1} (s gamma + c e0), A = diag(d) + e0 m', where gamma are Xs's coefficients
-    and e0 picks the intercept column (if any).
+class Scale(NamedTuple):
+    """How y and X were centred and scaled before forming the cross-products.
+
+    With x0 the intercept column (if any), Xs = (X - x0 m') diag(1/d) and
+    ys = (y - offset - c x0) / s, where m (and c) are weighted column means (0 without an
+    intercept) and d (and s) weighted standard deviations (1 for the intercept). This is an
+    exact reparametrization: Xs = X A^{-1} with A = diag(d) + e0 m', so the fixed effects of
+    the original data are beta = A^{-1} (s gamma + c e0) for any values of (c, s, m, d); the
+    criterion gets the exact corrections 2 nu log s and 2 sum log d (deviance.py). The
+    values are therefore held constant under differentiation (``stop_gradient``).
     """
 
-    c: float
-    s: float
-    m: np.ndarray
-    d: np.ndarray
-    intercept: int | None
-
-    def a_matrix(self) -> np.ndarray:
-        a = np.diag(self.d)
-        if self.intercept is not None:
-            a[self.intercept, :] += self.m
-        return a
+    c: jax.Array  # ()
+    s: jax.Array  # ()
+    m: jax.Array  # (p,)
+    d: jax.Array  # (p,)
 
 
 def find_intercept(X: np.ndarray) -> int | None:
+    """The first column of X that is all ones (host side), or None."""
     for j in range(X.shape[1]):
         col = X[:, j]
         if col.size and np.all(col == 1.0):
@@ -85,102 +90,25 @@ def find_intercept(X: np.ndarray) -> int | None:
     return None
 
 
-def scaling(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> Scaling:
+def _scale(X, y, w, i0):
     """Weighted centring (when X has an intercept) and scaling of y and the columns of X."""
-    i0 = find_intercept(X)
-    sw = w.sum()
+    sw = jnp.sum(w)
+    p = X.shape[1]
     if i0 is not None:
-        c = float(w @ y / sw)
-        m = (w @ X) / sw
-        m[i0] = 0.0
+        x0 = X[:, i0]
+        c = jnp.dot(w, y) / sw
+        m = (w @ X / sw).at[i0].set(0.0)
     else:
-        c, m = 0.0, np.zeros(X.shape[1])
-    s = float(np.sqrt(w @ (y - c) ** 2 / sw))
-    d = np.sqrt((w @ (X - m) ** 2) / sw)
+        x0 = jnp.zeros_like(y)
+        c = jnp.zeros((), y.dtype)
+        m = jnp.zeros(p, X.dtype)
+    s = jnp.sqrt(jnp.dot(w, (y - c * x0) ** 2) / sw)
+    d = jnp.sqrt(w @ (X - x0[:, None] * m) ** 2 / sw)
     if i0 is not None:
-        d[i0] = 1.0
-    s = s if np.isfinite(s) and s > 0 else 1.0
-    d = np.where(np.isfinite(d) & (d > 0), d, 1.0)
-    return Scaling(c, s, m, d, i0)
-
-
-# ---------------------------------------------------------------- host-side index lists
-
-
-def _pairs(ci: np.ndarray, cj: np.ndarray, Gi: int):
-    """Distinct (i, j) pairs sorted by j then i, and each row's pair index."""
-    key = cj.astype(np.int64) * Gi + ci
-    uniq, inv = np.unique(key, return_inverse=True)
-    return (uniq % Gi).astype(np.int32), (uniq // Gi).astype(np.int32), inv.astype(np.int32)
-
-
-def _pair_products(pj_a, pj_b, same: bool):
-    """All (a, b) with pj_a[a] == pj_b[b] (both lists sorted by j, then i); with ``same`` (a
-    list against itself) only b <= a, which within a level means pi_b <= pi_a."""
-    na = pj_a.size
-    if same:  # b runs from the start of a's level to a
-        start_b = np.searchsorted(pj_a, pj_a, side="left")
-        rep = np.arange(na) - start_b + 1
-    else:
-        G = int(max(pj_a.max(initial=-1), pj_b.max(initial=-1))) + 1
-        cnt_b = np.bincount(pj_b, minlength=G)
-        start_b = (np.cumsum(cnt_b) - cnt_b)[pj_a]
-        rep = cnt_b[pj_a]
-    a = np.repeat(np.arange(na, dtype=np.int32), rep)
-    offset = np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(rep) - rep, rep)
-    b = np.repeat(start_b, rep) + offset
-    return a, b.astype(np.int32)
-
-
-def _target_order(t: np.ndarray, bound: int):
-    """(sorted t, the permutation) for targets 0 <= t < bound: one sort of (t, position)
-    packed in an int64 where both fit (twice as fast as an argsort), else an argsort."""
-    n = t.size
-    shift = max(int(n - 1).bit_length(), 1)
-    if int(bound - 1).bit_length() + shift <= 63:
-        key = np.sort((t.astype(np.int64) << shift) | np.arange(n, dtype=np.int64))
-        return key >> shift, (key & ((1 << shift) - 1)).astype(np.int64)
-    order = np.argsort(t, kind="quicksort")
-    return t[order], order
-
-
-def index_lists(codes: list, nchain: int, struct: Structure):
-    """Parents, pair lists and pair-of-pair lists for the blocked Cholesky (host side).
-
-    Pair-of-pair lists are sorted by their target position in the dense block so the
-    Schur update is a sorted segment sum (about 3x faster than an unsorted scatter).
-    """
-    K = len(codes)
-    levels = [G for G, _ in struct.factors]
-    m = struct.m
-    parent, pairs, pmap, ppa, ppb, ppt = {}, {}, {}, {}, {}, {}
-    for k in range(nchain):
-        for l in range(k + 1, nchain):
-            par = np.zeros(levels[k], np.int32)
-            par[codes[k]] = codes[l]
-            parent[k, l] = par
-        for r in range(nchain, K):
-            pairs[k, r] = _pairs(codes[r], codes[k], levels[r])
-    for k in range(nchain):
-        for l in range(k + 1, nchain):
-            for r in range(nchain, K):
-                pi_k, pj_k, _ = pairs[k, r]
-                pi_l, pj_l, _ = pairs[l, r]
-                key_l = pj_l.astype(np.int64) * levels[r] + pi_l
-                key = parent[k, l][pj_k].astype(np.int64) * levels[r] + pi_k
-                pmap[k, l, r] = np.searchsorted(key_l, key).astype(np.int32)
-        for r in range(nchain, K):
-            for r2 in range(nchain, r + 1):
-                a, b = _pair_products(pairs[k, r][1], pairs[k, r2][1], r == r2)
-                qr, qr2 = struct.factors[r][1], struct.factors[r2][1]
-                idx = np.int32 if m * m < 2**31 else np.int64
-                row = struct.rest_offsets[r - nchain] + pairs[k, r][0][a].astype(idx) * qr
-                col = struct.rest_offsets[r2 - nchain] + pairs[k, r2][0][b].astype(idx) * qr2
-                # any deterministic order with equal targets adjacent will do
-                t, order = _target_order(row * idx(m) + col, m * m)
-                ppa[k, r, r2], ppb[k, r, r2] = a[order], b[order]
-                ppt[k, r, r2] = t.astype(idx)
-    return parent, pairs, pmap, ppa, ppb, ppt
+        d = d.at[i0].set(1.0)
+    s = jnp.where(jnp.isfinite(s) & (s > 0), s, 1.0)
+    d = jnp.where(jnp.isfinite(d) & (d > 0), d, 1.0)
+    return jax.lax.stop_gradient(Scale(c, s, m, d)), x0
 
 
 # ---------------------------------------------------------------- the one pass
@@ -193,9 +121,18 @@ def _outer_sum(a, b, seg, num):
 
 
 @partial(jax.jit, static_argnames=("struct",))
-def _pass(Zs, codes, pair_rows, XY, struct: Structure):
+def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure):
+    """The one pass over the rows: scaling, then every block of [Z X y]'W[Z X y]."""
     nchain = len(struct.chain)
     facs = struct.factors
+    if offset is not None:
+        y = y - offset
+    scale, x0 = _scale(X, y, w, struct.intercept)
+    sw = jnp.sqrt(w)[:, None]
+    Xs = (X - x0[:, None] * scale.m) / scale.d
+    ys = (y - scale.c * x0) / scale.s
+    XY = jnp.concatenate([Xs, ys[:, None]], axis=1) * sw
+    Zs = [Z * sw for Z in Zs]
     D, E, C, P = [], [], {}, {}
     for k in range(nchain):
         G = facs[k][0]
@@ -203,8 +140,8 @@ def _pass(Zs, codes, pair_rows, XY, struct: Structure):
         E.append(_outer_sum(XY, Zs[k], codes[k], G))
         for l in range(k + 1, nchain):
             C[k, l] = _outer_sum(Zs[l], Zs[k], codes[k], G)
-    for (k, r), rows in pair_rows.items():
-        P[k, r] = _outer_sum(Zs[r], Zs[k], rows[0], rows[1].shape[0])
+    for (k, r), (rows, pi) in pair_rows.items():
+        P[k, r] = _outer_sum(Zs[r], Zs[k], rows, pi.shape[0])
     m = struct.m
     M = jnp.zeros((m, m), XY.dtype)
     xy0 = struct.m_rand
@@ -227,32 +164,39 @@ def _pass(Zs, codes, pair_rows, XY, struct: Structure):
             M = M.at[rows_r[:, :, None], rows_r2[:, None, :]].add(prod)
             M = M.at[rows_r2[:, None, :], rows_r[:, :, None]].add(prod)
     M = M.at[xy0:, xy0:].add(XY.T @ XY)
-    return tuple(D), C, P, tuple(E), M
+    n = jnp.asarray(y.shape[0], XY.dtype)
+    return tuple(D), C, P, tuple(E), M, n, jnp.sum(jnp.log(w)), scale
 
 
-def compute(factors, nchain: int, struct: Structure, X, y, weights=None, offset=None):
-    """Sufficient statistics for factors in elimination order; returns (Stats, Scaling)."""
-    n = X.shape[0]
-    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
-    yy = np.asarray(y, np.float64) - (0.0 if offset is None else np.asarray(offset, np.float64))
-    sc = scaling(X, yy, w)
-    sw = np.sqrt(w)
-    Xs = (X - sc.m) / sc.d
-    ys = (yy - sc.c) / sc.s
-    XY = np.column_stack([Xs, ys]) * sw[:, None]
-    Zs = [f.Z * sw[:, None] for f in factors]
-    codes = [f.codes for f in factors]
-    parent, pairs, pmap, ppa, ppb, ppt = index_lists(codes, nchain, struct)
-    pair_rows = {key: (v[2], v[0]) for key, v in pairs.items()}
-    D, C, P, E, M = _pass(tuple(Zs), tuple(codes), pair_rows, XY, struct)
-    # the host-side leaves go to the device in one batched transfer (one dispatch each cost
-    # about 50 us, a tenth of a sleepstudy fit)
-    host = jax.device_put(dict(
-        parent=parent, pi={k: v[0] for k, v in pairs.items()},
-        pj={k: v[1] for k, v in pairs.items()}, pmap=pmap, ppa=ppa, ppb=ppb, ppt=ppt,
-        ppj={(k, r, r2): pairs[k, r][1][a] for (k, r, r2), a in ppa.items()
-             if k == 0 and struct.scalar_rest},
-        n=np.asarray(float(n)), ldw=np.asarray(float(np.log(w).sum())),
-        log_scale=np.asarray([np.log(sc.s), np.log(sc.d).sum()])))
-    stats = Stats(D=D, C=C, P=P, E=E, M=M, struct=struct, **host)
-    return stats, sc
+def suffstats(design, y=None, X=None, *, dtype=None) -> Stats:
+    """Sufficient statistics of a design (modeldesign.Design): a ``Stats`` pytree.
+
+    ``y`` (n,) and ``X`` (n, p) replace the design's response and fixed-effects matrix (same
+    shapes; X keeps the design's intercept column, if any, and should have full column
+    rank, which is checked only for the design's own X). Pure and jittable: inside
+    ``jax.vmap`` over ``y`` only the y-dependent blocks are batched; derivatives in ``y``
+    and ``X`` are exact. ``dtype`` (default float64) is the floating type of the statistics.
+    """
+    st = design.struct
+    n, p = design.X.shape
+    dtype = jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float64)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"dtype must be a floating type, got {dtype}")
+    y = design.y if y is None else y
+    X = design.X if X is None else X
+    if jnp.shape(y) != (n,):
+        raise ValueError(f"y must have shape ({n},) (one value per row of the design), "
+                         f"got {jnp.shape(y)}; to fit many responses, jax.vmap over them")
+    if jnp.shape(X) != (n, p):
+        raise ValueError(f"X must have shape ({n}, {p}) (the design's rows and fixed-effects "
+                         f"columns), got {jnp.shape(X)}")
+    cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
+    pat = design.pattern
+    w = jnp.ones(n, dtype) if design.weights is None else cast(design.weights)
+    pair_rows = {key: (pat.prow[key], pat.pi[key]) for key in pat.pi}
+    D, C, P, E, M, nobs, ldw, scale = _pass(tuple(cast(Z) for Z in design.Z), design.codes,
+                                            pair_rows, cast(X), cast(y), w,
+                                            cast(design.offset), st)
+    return Stats(D=D, C=C, P=P, E=E, M=M, n=nobs, ldw=ldw, scale=scale, struct=st,
+                 parent=pat.parent, pi=pat.pi, pj=pat.pj, pmap=pat.pmap, ppa=pat.ppa,
+                 ppb=pat.ppb, ppt=pat.ppt, ppj=pat.ppj)

@@ -153,7 +153,7 @@ def _header(m) -> list[str]:
     lines.append("Formula: " + " ".join(str(m.formula).split()))
     if m.data_name:
         lines.append("   Data: " + str(m.data_name))
-    d = m.design
+    d = m.frame
     if getattr(d, "weights", None) is not None:
         name = m.weights_name
         lines.append("Weights: " + (str(name) if name else "(prior weights supplied)"))
@@ -273,7 +273,7 @@ def _group_order(m) -> list[str]:
 
 def _groups_line(m) -> str:
     nlev = {}
-    for t in m.design.terms:
+    for t in m.frame.terms:
         nlev.setdefault(str(t.group), len(t.levels))
     parts = [f"{g}, {nlev[g]}" for g in _group_order(m) if g in nlev]
     return f"Number of obs: {m.nobs}, groups:  " + "; ".join(parts)

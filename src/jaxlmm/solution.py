@@ -20,29 +20,47 @@ from jax.scipy.linalg import solve_triangular
 
 from . import smallblock as sb
 from .dense import leading_inverse
+from .deviance import criterion
 from .pls import factorize, pieces
 from .stats import Stats
 
 
 class Solution(NamedTuple):
-    """In the units of the scaled statistics (see stats.Scaling for the way back)."""
+    """Estimates at one theta, in the units of the data (stats.Scale undone)."""
 
-    gamma: jax.Array  # (p,) fixed effects of the scaled X
-    xtx_inv: jax.Array  # (p, p) (R_X' R_X)^{-1}; vcov = sigma^2 * this
-    u: tuple  # per factor (elimination order): (G, q) spherical modes
-    b: tuple  # per factor: (G, q) = u T'
+    beta: jax.Array  # (p,) fixed effects
+    xtx_inv: jax.Array  # (p, p) (X'V^{-1}X)^{-1} sigma^2, so vcov(beta) = sigma^2 * this
+    u: tuple  # per factor (elimination order): (G, q) spherical conditional modes
+    b: tuple  # per factor: (G, q) conditional modes of the random effects, = u T'
     cond_var: tuple  # per factor: (G, q, q) Var(b | y) / sigma^2 = T Sigma_jj T'
-    sigma: jax.Array
-    pwrss: jax.Array
-    logdet_l: jax.Array
-    logdet_x: jax.Array
+    sigma: jax.Array  # residual standard deviation (profiled: sqrt(pwrss / nu))
+    objective: jax.Array  # the profiled criterion (REML or ML) at theta
+    pwrss: jax.Array  # penalized weighted residual sum of squares r^2
+    logdet_l: jax.Array  # log|Lambda'Z'WZ Lambda + I|
+    logdet_x: jax.Array  # log|R_X|^2 = log|X'V^{-1}X sigma^{-2}|
 
 
 def _segsum(x, seg, num):
     return jax.ops.segment_sum(x, seg, num_segments=num)
 
 
+def _unscale(gamma, xtx_inv, scale, i0):
+    """beta = A^{-1} (s gamma + c e0) and A^{-1} xtx_inv A^{-T}, A = diag(d) + e0 m'
+    (stats.Scale): A^{-1} = diag(1/d) - e0 (m/d)' because d_0 = 1 and m_0 = 0."""
+    Ainv = jnp.diag(1.0 / scale.d)
+    if i0 is not None:
+        Ainv = Ainv.at[i0].add(-scale.m / scale.d)
+    beta = Ainv @ (scale.s * gamma)
+    if i0 is not None:
+        beta = beta.at[i0].add(scale.c)
+    return beta, Ainv @ xtx_inv @ Ainv.T
+
+
 def solve(theta, stats: Stats, reml: bool = True) -> Solution:
+    """beta, sigma, conditional modes and variances and the criterion at ``theta``.
+
+    Pure and jittable; differentiable in theta and in the statistics.
+    """
     st = stats.struct
     nchain = len(st.chain)
     K = len(st.factors)
@@ -141,5 +159,9 @@ def solve(theta, stats: Stats, reml: bool = True) -> Solution:
         Sdiag[k] = Sjj
     cond_var = tuple(sb.matmul_nt(sb.matmul(f.T[k][None], Sdiag[k]), f.T[k][None])
                      for k in range(K))
-    return Solution(gamma, xtx_inv, tuple(u), b, cond_var, sigma, pc.pwrss, pc.logdet_l,
-                    pc.logdet_x)
+    sc = stats.scale
+    beta, xtx_inv = _unscale(gamma, xtx_inv, sc, st.intercept)
+    value = criterion(pc.logdet_l, pc.logdet_x, pc.pwrss, stats, reml)
+    return Solution(beta, xtx_inv, tuple(sc.s * x for x in u), tuple(sc.s * x for x in b),
+                    cond_var, sc.s * sigma, value, sc.s ** 2 * pc.pwrss, pc.logdet_l,
+                    pc.logdet_x + 2.0 * jnp.sum(jnp.log(sc.d)))

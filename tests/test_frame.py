@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlmm.design import Design, build_design, group_codes
+from jaxlmm.frame import ModelFrame, model_frame, group_codes
 from jaxlmm.errors import DataError, FormulaError
 
 
@@ -23,8 +23,8 @@ def cake():
 
 
 def test_r_names_for_factor_interactions(cake):
-    d = build_design("angle ~ recipe * temp + (1 | replicate)", cake)
-    assert isinstance(d, Design)
+    d = model_frame("angle ~ recipe * temp + (1 | replicate)", cake)
+    assert isinstance(d, ModelFrame)
     assert d.fixef_names == (
         "(Intercept)", "recipeB", "recipeC", "temp", "recipeB:temp", "recipeC:temp"
     )
@@ -41,10 +41,10 @@ def test_r_names_for_factor_interactions(cake):
 
 
 def test_intercept_and_no_fixed_columns(cake):
-    assert build_design("angle ~ 1 + (1 | replicate)", cake).fixef_names == ("(Intercept)",)
-    d = build_design("angle ~ 0 + (1 | replicate)", cake)
+    assert model_frame("angle ~ 1 + (1 | replicate)", cake).fixef_names == ("(Intercept)",)
+    d = model_frame("angle ~ 0 + (1 | replicate)", cake)
     assert d.X.shape == (18, 0) and d.fixef_names == ()
-    d = build_design("angle ~ 0 + recipe + (1 | replicate)", cake)
+    d = model_frame("angle ~ 0 + recipe + (1 | replicate)", cake)
     assert d.fixef_names == ("recipeA", "recipeB", "recipeC")
 
 
@@ -53,14 +53,14 @@ def test_categorical_order_bool_and_factor_call(cake):
         recipe=pd.Categorical(cake["recipe"], categories=["C", "unused", "A", "B"]),
         hot=cake["temp"] > 200,
     )
-    d = build_design("angle ~ recipe + hot + factor(replicate) + (1 | replicate)", df)
+    d = model_frame("angle ~ recipe + hot + factor(replicate) + (1 | replicate)", df)
     assert d.fixef_names == (
         "(Intercept)", "recipeA", "recipeB", "hotTRUE", "factor(replicate)2", "factor(replicate)3"
     )
 
 
 def test_random_term_matrices(cake):
-    d = build_design(
+    d = model_frame(
         "angle ~ temp + (temp | replicate) + (0 + recipe | replicate) + (recipe || replicate)", cake
     )
     cols = [t.columns for t in d.terms]
@@ -76,7 +76,7 @@ def test_random_term_matrices(cake):
     z = d.terms[1].Z
     assert z.shape == (18, 3) and np.array_equal(z.sum(axis=1), np.ones(18))
     assert np.array_equal(d.terms[0].Z[:, 1], cake["temp"].to_numpy(float))
-    d = build_design("angle ~ 1 + (1 + recipe | replicate)", cake)
+    d = model_frame("angle ~ 1 + (1 + recipe | replicate)", cake)
     assert d.terms[0].columns == ("(Intercept)", "recipeB", "recipeC")
 
 
@@ -86,7 +86,7 @@ def test_missing_values_dropped(cake):
     df.loc[5, "recipe"] = None
     df.loc[7, "replicate"] = np.nan
     df["unused"] = np.nan  # columns the model does not use do not matter
-    d = build_design("angle ~ recipe + (1 | replicate)", df)
+    d = model_frame("angle ~ recipe + (1 | replicate)", df)
     assert d.n_dropped == 3
     assert d.messages == ("3 rows with missing values dropped",)
     assert np.array_equal(d.kept, np.setdiff1d(np.arange(18), [2, 5, 7]))
@@ -100,7 +100,7 @@ def test_missing_weights_and_offset_rows_dropped(cake):
     off = np.zeros(18)
     off[1] = np.nan
     df = cake.assign(o=np.arange(18.0))
-    d = build_design("angle ~ temp + offset(o) + (1 | replicate)", df, weights=w, offset=off)
+    d = model_frame("angle ~ temp + offset(o) + (1 | replicate)", df, weights=w, offset=off)
     assert d.n_dropped == 2 and np.array_equal(d.kept, np.arange(2, 18))
     assert np.array_equal(d.offset, np.arange(2, 18.0))
     assert np.array_equal(d.weights, np.ones(16))
@@ -108,7 +108,7 @@ def test_missing_weights_and_offset_rows_dropped(cake):
 
 def test_offsets_and_weights_by_name(cake):
     df = cake.assign(n=np.arange(1, 19.0), w=np.arange(1, 19.0))
-    d = build_design("angle ~ temp + offset(log(n)) + (1 | replicate)", df, weights="w", offset="n")
+    d = model_frame("angle ~ temp + offset(log(n)) + (1 | replicate)", df, weights="w", offset="n")
     assert np.allclose(d.offset, np.log(df["n"]) + df["n"])
     assert np.array_equal(d.weights, df["w"].to_numpy())
 
@@ -130,7 +130,7 @@ def test_offsets_and_weights_by_name(cake):
 )
 def test_group_codes_and_levels(values, levels):
     df = pd.DataFrame({"y": np.arange(6.0), "g": values})
-    t = build_design("y ~ 1 + (1 | g)", df).terms[0]
+    t = model_frame("y ~ 1 + (1 | g)", df).terms[0]
     assert t.levels == levels
     assert t.codes.dtype == np.int32
     labels = [levels[c] for c in t.codes]
@@ -146,7 +146,7 @@ def test_group_codes_and_levels(values, levels):
 
 def test_levels_absent_after_na_are_removed():
     df = pd.DataFrame({"y": [1.0, 2, 3, np.nan, 5, 6], "g": ["a", "b", "a", "c", "b", "a"]})
-    t = build_design("y ~ 1 + (1 | g)", df).terms[0]
+    t = model_frame("y ~ 1 + (1 | g)", df).terms[0]
     assert t.levels == ("a", "b")
     assert list(t.codes) == [0, 1, 0, 1, 0]
 
@@ -159,13 +159,13 @@ def test_interaction_groups():
             "b": ["y", "x", "x", "y", "y", "x", "x", "y"],
         }
     )
-    d = build_design("y ~ 1 + (1 | a:b)", df)
+    d = model_frame("y ~ 1 + (1 | a:b)", df)
     t = d.terms[0]
     assert t.group == "a:b"
     assert t.levels == ("1:x", "1:y", "2:x", "2:y")  # a varies slowest
     assert [t.levels[c] for c in t.codes] == [f"{a}:{b}" for a, b in zip(df.a, df.b)]
     # only observed combinations become levels
-    t = build_design("y ~ 1 + (1 | a:b)", df[df.a.eq(2) | df.b.eq("x")]).terms[0]
+    t = model_frame("y ~ 1 + (1 | a:b)", df[df.a.eq(2) | df.b.eq("x")]).terms[0]
     assert t.levels == ("1:x", "2:x", "2:y")
 
 
@@ -173,7 +173,7 @@ def test_nested_groups_follow_lme4():
     df = pd.DataFrame(
         {"y": np.arange(12.0), "batch": list("AABB") * 3, "cask": list("abab") * 3}
     )
-    d = build_design("y ~ 1 + (1 | batch/cask)", df)
+    d = model_frame("y ~ 1 + (1 | batch/cask)", df)
     assert [t.group for t in d.terms] == ["cask:batch", "batch"]
     assert d.terms[0].levels == ("a:A", "a:B", "b:A", "b:B")
 
@@ -181,7 +181,7 @@ def test_nested_groups_follow_lme4():
 def test_rank_deficient_columns_dropped(cake):
     df = cake.assign(x1=np.arange(18.0), x2=np.arange(18.0) ** 2)
     df["x3"] = 2 * df.x1 - df.x2
-    d = build_design("angle ~ x1 + x2 + x3 + temp + (1 | replicate)", df)
+    d = model_frame("angle ~ x1 + x2 + x3 + temp + (1 | replicate)", df)
     assert d.fixef_names == ("(Intercept)", "x1", "x2", "temp")
     assert d.dropped == ("x3",)
     assert d.X.shape == (18, 4)
@@ -189,18 +189,18 @@ def test_rank_deficient_columns_dropped(cake):
         "fixed-effect model matrix is rank deficient so dropping 1 column / coefficient: x3",
     )
     assert d.fixed_spec.matrix(df).shape == (18, 4)
-    d = build_design("angle ~ x1 + I(2 * x1) + I(3 * x1) + (1 | replicate)", df)
+    d = model_frame("angle ~ x1 + I(2 * x1) + I(3 * x1) + (1 | replicate)", df)
     assert "dropping 2 columns / coefficients: I(2 * x1), I(3 * x1)" in d.messages[0]
 
 
 def test_constant_response_is_fine(cake):
-    d = build_design("angle ~ temp + (1 | replicate)", cake.assign(angle=1.0))
+    d = model_frame("angle ~ temp + (1 | replicate)", cake.assign(angle=1.0))
     assert np.all(d.y == 1.0)
 
 
 def test_dict_input():
     data = {"y": np.arange(6.0), "g": np.array(["a", "b"] * 3)}
-    d = build_design("y ~ 1 + (1 | g)", data)
+    d = model_frame("y ~ 1 + (1 | g)", data)
     assert d.terms[0].levels == ("a", "b")
 
 
@@ -211,71 +211,71 @@ def test_dict_input():
 
 def test_unknown_column_suggests(cake):
     with pytest.raises(DataError, match=r"'tmp'.*did you mean 'temp'"):
-        build_design("angle ~ tmp + (1 | replicate)", cake)
+        model_frame("angle ~ tmp + (1 | replicate)", cake)
     with pytest.raises(DataError, match=r"'replicat'.*\(1 \| replicat\).*'replicate'"):
-        build_design("angle ~ temp + (1 | replicat)", cake)
+        model_frame("angle ~ temp + (1 | replicat)", cake)
     with pytest.raises(DataError, match=r"'angel'.*did you mean 'angle'"):
-        build_design("angel ~ temp + (1 | replicate)", cake)
+        model_frame("angel ~ temp + (1 | replicate)", cake)
     with pytest.raises(DataError, match=r"'zzz'.*available columns"):
-        build_design("angle ~ temp + (zzz | replicate)", cake)
+        model_frame("angle ~ temp + (zzz | replicate)", cake)
     with pytest.raises(DataError, match=r"'wts'"):
-        build_design("angle ~ temp + (1 | replicate)", cake, weights="wts")
+        model_frame("angle ~ temp + (1 | replicate)", cake, weights="wts")
 
 
 def test_unknown_function_is_formula_error(cake):
     with pytest.raises(FormulaError) as info:
-        build_design("angle ~ foo(temp) + (1 | replicate)", cake)
+        model_frame("angle ~ foo(temp) + (1 | replicate)", cake)
     assert "foo(temp)" in str(info.value) and "angle ~ foo(temp)" in str(info.value)
     assert "\n            ^" in str(info.value)
 
 
 def test_non_numeric_response(cake):
     with pytest.raises(DataError, match=r"response 'recipe' must be numeric"):
-        build_design("recipe ~ temp + (1 | replicate)", cake)
+        model_frame("recipe ~ temp + (1 | replicate)", cake)
 
 
 def test_infinite_values(cake):
     with pytest.raises(DataError, match=r"response 'angle' has infinite values in 1 row \(position 4\)"):
-        build_design("angle ~ temp + (1 | replicate)", cake.assign(angle=cake.angle.where(cake.index != 4, np.inf)))
+        model_frame("angle ~ temp + (1 | replicate)", cake.assign(angle=cake.angle.where(cake.index != 4, np.inf)))
     df = cake.assign(x=np.where(cake.index == 3, -np.inf, 1.0))
     with pytest.raises(DataError, match=r"fixed-effects column 'x'"):
-        build_design("angle ~ x + (1 | replicate)", df)
+        model_frame("angle ~ x + (1 | replicate)", df)
     with pytest.raises(DataError, match=r"random-effects column 'x' of \(x \| replicate\)"):
-        build_design("angle ~ 1 + (x | replicate)", df)
+        model_frame("angle ~ 1 + (x | replicate)", df)
     with pytest.raises(DataError, match=r"offset\(x\) has infinite"):
-        build_design("angle ~ 1 + offset(x) + (1 | replicate)", df)
+        model_frame("angle ~ 1 + offset(x) + (1 | replicate)", df)
     with pytest.raises(DataError, match=r"weights column 'x' has infinite"):
-        build_design("angle ~ 1 + (1 | replicate)", df.assign(x=df.x.abs()), weights="x")
+        model_frame("angle ~ 1 + (1 | replicate)", df.assign(x=df.x.abs()), weights="x")
 
 
 def test_bad_weights(cake):
     with pytest.raises(DataError, match="negative weights"):
-        build_design("angle ~ 1 + (1 | replicate)", cake, weights=np.r_[-1.0, np.ones(17)])
+        model_frame("angle ~ 1 + (1 | replicate)", cake, weights=np.r_[-1.0, np.ones(17)])
     with pytest.raises(DataError, match=r"zero in 1 row \(position 0\)"):
-        build_design("angle ~ 1 + (1 | replicate)", cake, weights=np.r_[0.0, np.ones(17)])
+        model_frame("angle ~ 1 + (1 | replicate)", cake, weights=np.r_[0.0, np.ones(17)])
     with pytest.raises(DataError, match="one value per row"):
-        build_design("angle ~ 1 + (1 | replicate)", cake, weights=np.ones(3))
+        model_frame("angle ~ 1 + (1 | replicate)", cake, weights=np.ones(3))
 
 
 def test_too_many_levels(cake):
     df = cake.assign(id=np.arange(18))
     with pytest.raises(DataError, match=r"must be < number of observations \(problems: id \(18 levels\)"):
-        build_design("angle ~ temp + (1 | id)", df)
+        model_frame("angle ~ temp + (1 | id)", df)
     with pytest.raises(DataError, match=r"> 1 sampled level.*one"):
-        build_design("angle ~ temp + (1 | one)", df.assign(one="x"))
+        model_frame("angle ~ temp + (1 | one)", df.assign(one="x"))
     with pytest.raises(DataError, match=r"number of random effects \(=18\) for term \(0 \+ recipe \| pair\)"):
-        build_design("angle ~ temp + (0 + recipe | pair)", df.assign(pair=np.arange(18) // 3))
+        model_frame("angle ~ temp + (0 + recipe | pair)", df.assign(pair=np.arange(18) // 3))
 
 
 def test_empty_after_missing(cake):
     df = cake.assign(x=np.nan)
     with pytest.raises(DataError, match=r"no rows left.*x \(18 missing\)"):
-        build_design("angle ~ x + (1 | replicate)", df)
+        model_frame("angle ~ x + (1 | replicate)", df)
 
 
 def test_grouping_expression_must_be_columns(cake):
     with pytest.raises(FormulaError, match="column name"):
-        build_design("angle ~ temp + (1 | factor(replicate))", cake)
+        model_frame("angle ~ temp + (1 | factor(replicate))", cake)
 
 
 # --------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_ordered_factor_uses_polynomial_contrasts():
             "g": list("pqr") * 4,
         }
     )
-    d = build_design("y ~ r * t + (1 | g)", df)
+    d = model_frame("y ~ r * t + (1 | g)", df)
     assert d.fixef_names == (
         "(Intercept)", "rB", "rC", "t.L", "t.Q", "t.C",
         "rB:t.L", "rC:t.L", "rB:t.Q", "rC:t.Q", "rB:t.C", "rC:t.C",
@@ -309,7 +309,7 @@ def test_rebuild_for_new_data_and_group_codes():
         {"f": list("xyz") * 3, "g": [1, 1, 2, 2, 3, 3, 4, 4, 5], "h": [True, False, True] * 3}
     )
     df = pd.concat([df] * 3, ignore_index=True).assign(y=np.arange(27.0))
-    d = build_design("y ~ f + (1 + f | g) + (1 | g:h)", df)
+    d = model_frame("y ~ f + (1 + f | g) + (1 | g:h)", df)
     new = pd.DataFrame({"f": ["z", "x"], "g": [5, 9], "h": [True, True]})
     assert np.array_equal(d.fixed_spec.matrix(new), [[1, 0, 1], [1, 0, 0]])
     assert np.array_equal(d.terms[0].spec.matrix(new), [[1, 0, 1], [1, 0, 0]])
@@ -325,7 +325,7 @@ def test_quoted_names_and_index_free_positions():
         index=list("hgfedcba"),
     )
     df.loc["f", "my x"] = np.nan
-    d = build_design("`my y` ~ `my x` + (1 | `g g`)", df)
+    d = model_frame("`my y` ~ `my x` + (1 | `g g`)", df)
     assert d.response == "my y"
     assert d.fixef_names == ("(Intercept)", "`my x`")
     assert d.terms[0].group == "`g g`" and d.terms[0].levels == ("p", "q", "r", "s")
@@ -334,15 +334,15 @@ def test_quoted_names_and_index_free_positions():
 
 def test_boolean_and_nullable_integer_response():
     df = pd.DataFrame({"y": [True, False] * 4, "g": list("aabbccdd")})
-    assert np.array_equal(build_design("y ~ 1 + (1 | g)", df).y, [1, 0] * 4)
+    assert np.array_equal(model_frame("y ~ 1 + (1 | g)", df).y, [1, 0] * 4)
     df["y"] = pd.array([1, 2, None, 4, 5, 6, 7, 8], dtype="Int64")
-    d = build_design("y ~ 1 + (1 | g)", df)
+    d = model_frame("y ~ 1 + (1 | g)", df)
     assert d.y.dtype == np.float64 and d.n_dropped == 1
 
 
 def test_transformation_nan_rows_dropped():
     df = pd.DataFrame({"y": np.arange(10.0), "x": np.arange(10.0) - 2, "g": list("ab") * 5})
-    d = build_design("y ~ log(x) + (1 | g)", df[df.x != 0])
+    d = model_frame("y ~ log(x) + (1 | g)", df[df.x != 0])
     assert d.n_dropped == 2
     assert "2 rows dropped where transformations in the formula give NaN" in d.messages
     assert list(d.kept) == list(range(2, 9))
@@ -352,12 +352,12 @@ def test_formula_without_random_effects_is_rejected():
     import pandas as pd
     import pytest
 
-    from jaxlmm.design import build_design
+    from jaxlmm.frame import model_frame
     from jaxlmm.errors import FormulaError
 
     df = pd.DataFrame({"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 2.0]})
     with pytest.raises(FormulaError, match="no random-effects terms"):
-        build_design("y ~ x", df)
+        model_frame("y ~ x", df)
 
 
 def test_reused_formula_specs_follow_the_new_data():
@@ -366,7 +366,7 @@ def test_reused_formula_specs_follow_the_new_data():
     import numpy as np
     import pandas as pd
 
-    from jaxlmm.design import build_design
+    from jaxlmm.frame import model_frame
 
     rng = np.random.default_rng(3)
 
@@ -379,12 +379,12 @@ def test_reused_formula_specs_follow_the_new_data():
 
     d1, d2 = frame(0.0), frame(5.0)
     for d in (d1, d2, d1):
-        des = build_design("y ~ x + f + (1 + x | g)", d)
+        des = model_frame("y ~ x + f + (1 + x | g)", d)
         np.testing.assert_array_equal(des.X[:, 1], d["x"].to_numpy())
         np.testing.assert_array_equal(des.X[:, 2], (d["f"] == "b").to_numpy(float))
         np.testing.assert_array_equal(des.terms[0].Z[:, 1], d["x"].to_numpy())
     for d in (d1, d2):
-        des = build_design("y ~ center(x) + (1 | g)", d)
+        des = model_frame("y ~ center(x) + (1 | g)", d)
         assert abs(des.X[:, 1].mean()) < 1e-12
 
 
@@ -394,7 +394,7 @@ def test_reused_formula_specs_follow_the_new_data():
 ])
 def test_plain_columns_fast_path_matches_formulaic(formula, monkeypatch):
     """Sums of numeric columns skip formulaic; the matrices and names must be the same."""
-    from jaxlmm import design as design_mod
+    from jaxlmm import frame as design_mod
 
     rng = np.random.default_rng(3)
     n = 40
@@ -404,9 +404,9 @@ def test_plain_columns_fast_path_matches_formulaic(formula, monkeypatch):
     df.loc[3, "x"] = np.nan
     assert design_mod._plain_terms(design_mod.parse_formula(formula).fixed,
                                    df.drop(columns="g")) is not None
-    fast = design_mod.build_design(formula, df)
+    fast = design_mod.model_frame(formula, df)
     monkeypatch.setattr(design_mod, "_plain_terms", lambda expr, prepared: None)
-    ref = design_mod.build_design(formula, df)
+    ref = design_mod.model_frame(formula, df)
     assert fast.fixef_names == ref.fixef_names
     np.testing.assert_array_equal(fast.X, ref.X)
     assert fast.n_dropped == ref.n_dropped == (1 if " x" in formula else 0)

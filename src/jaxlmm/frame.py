@@ -39,7 +39,7 @@ import pandas as pd
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, group_variables, parse_formula, quote_name, tokenize
 
-__all__ = ["RandomTerm", "Design", "MatrixSpec", "build_design", "group_codes"]
+__all__ = ["RandomTerm", "ModelFrame", "MatrixSpec", "model_frame", "group_codes"]
 
 RANK_TOL = 1e-7
 
@@ -106,7 +106,7 @@ class RandomTerm:
 
 
 @dataclass(frozen=True)
-class Design:
+class ModelFrame:
     """Everything the fitter needs, on the host, as numpy arrays."""
 
     formula: str
@@ -129,7 +129,7 @@ class Design:
 # --------------------------------------------------------------------------
 
 
-def build_design(formula, data, *, weights=None, offset=None) -> Design:
+def model_frame(formula, data, *, weights=None, offset=None) -> ModelFrame:
     """Build the host-side design of ``formula`` (lme4 syntax) on ``data``.
 
     ``weights`` / ``offset`` are a column name or an array of ``len(data)``;
@@ -200,7 +200,7 @@ def build_design(formula, data, *, weights=None, offset=None) -> Design:
             f"coefficient{s}: {', '.join(dropped)}"
         )
     fixed_spec = replace(built["x_spec"], columns=tuple(names), keep=tuple(keep_cols))
-    return Design(
+    return ModelFrame(
         formula=parsed.formula,
         response=parsed.response,
         y=built["y"],
