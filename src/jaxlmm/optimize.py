@@ -65,6 +65,8 @@ class _State(NamedTuple):
     nfev: jax.Array
     status: jax.Array  # -1 while running
     probed: jax.Array  # bound coordinates already probed inward (quasi-Newton)
+    cert: jax.Array  # theta is re-evaluated after a second-order check (quasi-Newton)
+    ncert: jax.Array  # second-order checks so far
 
 
 def _proj_grad(theta, g, lower):
@@ -73,6 +75,7 @@ def _proj_grad(theta, g, lower):
 
 
 MAX_STEP = 1.0  # largest change of any theta in one quasi-Newton step
+MAX_CHECKS = 5  # second-order checks at bound points per fit (quasi-Newton)
 
 
 def _bfgs_update(B, sv, yv):
@@ -107,14 +110,21 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
     condition (else backtracks on values only); then it tests convergence and takes a
     projected (quasi-)Newton step. Without ``exact_hessian`` the Hessian is a BFGS
     approximation, for problems where exact second derivatives cost much more than
-    gradients; there a variance stuck at 0 with zero gradient is probed inward once before
-    it is accepted.
+    gradients; there a variance stuck at 0 with zero gradient is probed inward once, and a
+    converged point with such variances is re-evaluated with the exact Hessian: a negative
+    second derivative along one (a saddle, not a boundary minimum) frees it again. Without
+    that check, 2 of 200 simulated sleepstudy responses ended on theta = 0 with a criterion
+    0.4 and 6.8 units above the interior optimum.
     """
     lower = jnp.asarray(lower, theta0.dtype)
     k = theta0.shape[0]
     derivs = autodiff(fun, k) if derivs is None else derivs
 
     def evaluate(t, need_h, H_old):
+        if not exact_hessian:  # quasi-Newton: exact Hessians only in ``check`` below
+            f, g = derivs.value_grad(t, *args)
+            return f, g, H_old
+
         def with_h():
             return derivs.value_grad_hessian(t, *args)
 
@@ -155,10 +165,14 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         ok = jnp.isfinite(fn) & (fn <= s.f + 1e-4 * jnp.dot(s.g, t - s.theta))
         return ok & ((fn < s.f) | ~jnp.any(s.probe))  # an inward probe must really decrease f
 
-    def backtrack(s, alpha0):
-        """Value-only backtracking along s.d from s.theta, from the step length alpha0."""
+    def backtrack(s, alpha0, need):
+        """Value-only backtracking along s.d from s.theta, from the step length alpha0.
+
+        ``need`` is False where no search is wanted: under vmap both branches of a cond
+        run, and a finished fit would otherwise search (up to 40 values) in every
+        iteration of the batch."""
         def cond(c):
-            return (~c[3]) & (c[2] < 40)
+            return (~c[3]) & (c[2] < 40) & need
 
         def body(c):
             alpha, _, n, _ = c
@@ -173,8 +187,7 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
     def body(s: _State) -> _State:
         first = s.nfev == 0
         scale0 = 1.0 + jnp.abs(s.f)
-        # exact mode: no Hessian where the step's decrement already certifies convergence;
-        # quasi-Newton: the exact Hessian once, at theta0
+        # exact mode: no Hessian where the step's decrement already certifies convergence
         need_h = first | (exact_hessian & ~(s.dec_next <= ftol * scale0))
         do_eval = s.pre | s.trust
         fc, gc, Hc = lax.cond(do_eval, lambda: evaluate(s.cand, need_h, s.H),
@@ -183,51 +196,83 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         if exact_hessian:
             Hn = Hc
         else:
-            Hn = jnp.where(first, _positive(Hc), _bfgs_update(s.H, s.cand - s.theta, gc - s.g))
+            Hn = _bfgs_update(s.H, s.cand - s.theta, gc - s.g)  # no-op at a re-evaluation
         theta = jnp.where(acc, s.cand, s.theta)
         f = jnp.where(acc, fc, s.f)
         g = jnp.where(acc, gc, s.g)
         H = jnp.where(acc, Hn, s.H)
         dec = jnp.where(acc, s.dec_next, s.dec)
-        it = s.it + jnp.where(acc & ~first, 1, 0).astype(jnp.int32)
+        it = s.it + jnp.where(acc & ~first & ~s.cert, 1, 0).astype(jnp.int32)
 
         # an untrusted or rejected candidate: line search on values (from the full step,
         # or from half of a rejected one); a failed inward probe (quasi-Newton) just marks
         # the bound as checked
         alpha0 = jnp.where(do_eval, 0.5, 1.0).astype(s.f.dtype)
         t_bt, nls, ok_bt = lax.cond(acc, lambda: (s.cand, jnp.int32(0), jnp.asarray(True)),
-                                    lambda: backtrack(s, alpha0))
+                                    lambda: backtrack(s, alpha0, ~acc & (s.status == -1)))
         full = ~do_eval & ok_bt & (nls == 1)  # the value search took the full step
         reprobe = ~acc & ~ok_bt & jnp.any(s.probe) & (not exact_hessian)
         probed = s.probed | (reprobe & s.probe)
+        scale = 1.0 + jnp.abs(f)
 
         d, dec_next, probe = direction(theta, f, g, H, probed)
-        scale = 1.0 + jnp.abs(f)
         pg = jnp.max(jnp.abs(_proj_grad(theta, g, lower)), initial=0.0)
         done = acc & ((dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
+        # quasi-Newton: a converged point with variances stationary on their bound goes to
+        # the second-order check (BFGS's curvature cannot tell a saddle there)
+        cert = done & jnp.any(_stuck(theta, g, f)) & ~s.cert & (not exact_hessian)
+        done = done & ~cert
         bad = first & ~jnp.isfinite(fc)
         out_of_budget = acc & (it >= max_iter)
         # a failed line search at an already stationary point counts as converged
         stationary = ~acc & ~ok_bt & ~reprobe & (pg <= 1e-4 * scale) & ~jnp.any(s.probe)
         failed = ~acc & ~ok_bt & ~reprobe
         status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(out_of_budget, 1, jnp.where(
-            stationary, 0, jnp.where(failed, 2, -1))))).astype(jnp.int32)
+            stationary, 0, jnp.where(failed, 2, jnp.where(cert, -2, -1)))))).astype(jnp.int32)
         new_step = acc | reprobe
         return _State(
             theta=theta, f=f, g=g, H=H,
             cand=jnp.where(new_step, jnp.maximum(theta + d, lower), t_bt),
             pre=~new_step & ok_bt,
             # trusted: the step to theta was full length (directly or by the value search)
-            trust=jnp.where(acc, ~s.pre | s.trust, full) & ~first,
+            trust=jnp.where(acc, ~s.pre | s.trust, full) & ~first & ~s.cert,
             d=jnp.where(new_step, d, s.d),
             dec_next=jnp.where(new_step, dec_next, s.dec_next),
             probe=jnp.where(new_step, probe, s.probe),
             dec=dec, it=it,
             nfev=(s.nfev + jnp.where(do_eval, 1, 0) + nls).astype(jnp.int32),
             status=status,
-            # each bound is probed at most once (quasi-Newton)
+            # each bound is probed at most once (quasi-Newton), unless the check frees it
             probed=probed | jnp.where(new_step, probe, False),
+            cert=jnp.asarray(False), ncert=s.ncert,
         )
+
+    def _stuck(theta, g, f):
+        """Coordinates on their bound with zero gradient (stationary there)."""
+        return (theta <= lower) & (jnp.abs(g) <= 1e-12 * (1.0 + jnp.abs(f)))
+
+    def check(s: _State) -> _State:
+        """Quasi-Newton: the exact Hessian at s.theta, then the BFGS loop from there.
+
+        At theta0 it is BFGS's initial matrix (eigenvalues made positive). At a converged
+        point with stationary bound coordinates it is the second-order check: one with
+        negative curvature is a saddle, not a boundary minimum, and is freed (probed inward
+        again); if there is none the point is accepted. Outside the loop so that, under
+        vmap, no iteration pays for a Hessian.
+        """
+        f, g, H = derivs.value_grad_hessian(s.theta, *args)
+        start = s.nfev == 0
+        stuck = _stuck(s.theta, g, f)
+        # curvature below -100 gtol (1 + |f|): clearly negative, not rounding (a variance
+        # at 0 in a flat direction, as in a singular vector term, has curvature ~0)
+        neg = stuck & (jnp.diagonal(H) < -100.0 * gtol * (1.0 + jnp.abs(f)))
+        go = start | jnp.any(neg)
+        s = s._replace(
+            H=_positive(H), cand=s.theta, pre=jnp.asarray(True), trust=jnp.asarray(False),
+            probe=jnp.zeros(k, bool), cert=~start, ncert=s.ncert + jnp.where(start, 0, 1),
+            probed=jnp.where(start, s.probed, (s.probed | stuck) & ~neg),
+            nfev=s.nfev + jnp.where(start, 0, 1), status=jnp.where(go, -1, 0))
+        return lax.while_loop(lambda s: s.status == -1, body, s)
 
     z = jnp.zeros((), theta0.dtype)
     inf = jnp.asarray(jnp.inf, theta0.dtype)
@@ -235,7 +280,13 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
     s0 = _State(theta0, z, zk, jnp.eye(k, dtype=theta0.dtype), theta0, jnp.asarray(True),
                 jnp.asarray(False), zk,
                 inf, jnp.zeros(k, bool), inf, jnp.int32(0), jnp.int32(0), jnp.int32(-1),
-                jnp.zeros(k, bool))
-    s = lax.while_loop(lambda s: s.status < 0, body, s0)
+                jnp.zeros(k, bool), jnp.asarray(False), jnp.int32(0))
+    if exact_hessian:
+        s = lax.while_loop(lambda s: s.status == -1, body, s0)
+    else:
+        s = lax.while_loop(lambda s: (s.status == -2) & (s.ncert <= MAX_CHECKS), check,
+                           s0._replace(status=jnp.int32(-2)))
+        # still a saddle after MAX_CHECKS checks: report it as a failed search
+        s = s._replace(status=jnp.where(s.status == -2, 2, s.status))
     pg = jnp.max(jnp.abs(_proj_grad(s.theta, s.g, lower)), initial=0.0)
     return OptResult(s.theta, s.f, s.g, pg, s.it, s.nfev, s.status)
