@@ -120,11 +120,17 @@ def _outer_sum(a, b, seg, num):
     return jax.ops.segment_sum(prod, seg, num_segments=num)
 
 
-@partial(jax.jit, static_argnames=("struct",))
-def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure):
-    """The one pass over the rows: scaling, then every block of [Z X y]'W[Z X y]."""
+@partial(jax.jit, static_argnames=("struct", "dtype"))
+def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype):
+    """The one pass over the rows: scaling, then every block of [Z X y]'W[Z X y].
+
+    Inputs may be numpy arrays of any floating type: they are cast here, inside the compiled
+    program (one transfer, no eager dispatches)."""
     nchain = len(struct.chain)
     facs = struct.factors
+    cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
+    Zs, X, y, offset = [cast(Z) for Z in Zs], cast(X), cast(y), cast(offset)
+    w = jnp.ones(y.shape[0], dtype) if w is None else cast(w)
     if offset is not None:
         y = y - offset
     scale, x0 = _scale(X, y, w, struct.intercept)
@@ -184,19 +190,17 @@ def suffstats(design, y=None, X=None, *, dtype=None) -> Stats:
         raise ValueError(f"dtype must be a floating type, got {dtype}")
     y = design.y if y is None else y
     X = design.X if X is None else X
+    y, X = (a if isinstance(a, (np.ndarray, jax.Array)) else np.asarray(a) for a in (y, X))
     if jnp.shape(y) != (n,):
         raise ValueError(f"y must have shape ({n},) (one value per row of the design), "
                          f"got {jnp.shape(y)}; to fit many responses, jax.vmap over them")
     if jnp.shape(X) != (n, p):
         raise ValueError(f"X must have shape ({n}, {p}) (the design's rows and fixed-effects "
                          f"columns), got {jnp.shape(X)}")
-    cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
     pat = design.pattern
-    w = jnp.ones(n, dtype) if design.weights is None else cast(design.weights)
     pair_rows = {key: (pat.prow[key], pat.pi[key]) for key in pat.pi}
-    D, C, P, E, M, nobs, ldw, scale = _pass(tuple(cast(Z) for Z in design.Z), design.codes,
-                                            pair_rows, cast(X), cast(y), w,
-                                            cast(design.offset), st)
+    D, C, P, E, M, nobs, ldw, scale = _pass(tuple(design.Z), design.codes, pair_rows, X, y,
+                                            design.weights, design.offset, st, dtype)
     return Stats(D=D, C=C, P=P, E=E, M=M, n=nobs, ldw=ldw, scale=scale, struct=st,
                  parent=pat.parent, pi=pat.pi, pj=pat.pj, pmap=pat.pmap, ppa=pat.ppa,
                  ppb=pat.ppb, ppt=pat.ppt, ppj=pat.ppj)
