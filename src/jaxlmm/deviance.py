@@ -61,10 +61,15 @@ def _criterion_of_factor(L, chain, stats: Stats, reml: bool):
     return criterion(chain + ld_rest, logdet_x, pwrss, stats, reml)
 
 
+def log_det_r(scale):
+    """log det R of the fixed effects' reparametrization (stats.Scale)."""
+    return jnp.sum(jnp.log(jnp.diagonal(scale.R)))
+
+
 def criterion(logdet_l, logdet_x, pwrss, stats: Stats, reml: bool):
     n = stats.n
     p = stats.struct.p
-    log_s, log_d = jnp.log(stats.scale.s), jnp.sum(jnp.log(stats.scale.d))
+    log_s, log_d = jnp.log(stats.scale.s), log_det_r(stats.scale)
     if reml:
         nu = n - p
         return (logdet_l + logdet_x + 2.0 * log_d - stats.ldw

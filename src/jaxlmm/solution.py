@@ -20,7 +20,7 @@ from jax.scipy.linalg import solve_triangular
 
 from . import smallblock as sb
 from .dense import leading_inverse
-from .deviance import criterion
+from .deviance import criterion, log_det_r
 from .pls import factorize, pieces
 from .stats import Stats
 
@@ -45,15 +45,15 @@ def _segsum(x, seg, num):
 
 
 def _unscale(gamma, xtx_inv, scale, i0):
-    """beta = A^{-1} (s gamma + c e0) and A^{-1} xtx_inv A^{-T}, A = diag(d) + e0 m'
-    (stats.Scale): A^{-1} = diag(1/d) - e0 (m/d)' because d_0 = 1 and m_0 = 0."""
-    Ainv = jnp.diag(1.0 / scale.d)
-    if i0 is not None:
-        Ainv = Ainv.at[i0].add(-scale.m / scale.d)
-    beta = Ainv @ (scale.s * gamma)
+    """beta = B s gamma + c e0 and B xtx_inv B', B = (I - e0 m') R^{-1} (stats.Scale)."""
+    p = gamma.shape[0]
+    Rinv = solve_triangular(scale.R, jnp.eye(p, dtype=gamma.dtype), lower=False)
+    B = Rinv if i0 is None else Rinv - jnp.outer(jnp.eye(p, dtype=gamma.dtype)[i0],
+                                                 scale.m @ Rinv)
+    beta = B @ (scale.s * gamma)
     if i0 is not None:
         beta = beta.at[i0].add(scale.c)
-    return beta, Ainv @ xtx_inv @ Ainv.T
+    return beta, B @ xtx_inv @ B.T
 
 
 def solve(theta, stats: Stats, reml: bool = True) -> Solution:
@@ -164,4 +164,4 @@ def solve(theta, stats: Stats, reml: bool = True) -> Solution:
     value = criterion(pc.logdet_l, pc.logdet_x, pc.pwrss, stats, reml)
     return Solution(beta, xtx_inv, tuple(sc.s * x for x in u), tuple(sc.s * x for x in b),
                     cond_var, sc.s * sigma, value, sc.s ** 2 * pc.pwrss, pc.logdet_l,
-                    pc.logdet_x + 2.0 * jnp.sum(jnp.log(sc.d)))
+                    pc.logdet_x + 2.0 * log_det_r(sc))

@@ -64,21 +64,24 @@ class Stats:
 
 
 class Scale(NamedTuple):
-    """How y and X were centred and scaled before forming the cross-products.
+    """How y and X were centred, scaled and orthogonalized before forming the cross-products.
 
-    With x0 the intercept column (if any), Xs = (X - x0 m') diag(1/d) and
+    With x0 the intercept column (if any), Xs = (X - x0 m') R^{-1} and
     ys = (y - offset - c x0) / s, where m (and c) are weighted column means (0 without an
-    intercept) and d (and s) weighted standard deviations (1 for the intercept). This is an
-    exact reparametrization: Xs = X A^{-1} with A = diag(d) + e0 m', so the fixed effects of
-    the original data are beta = A^{-1} (s gamma + c e0) for any values of (c, s, m, d); the
-    criterion gets the exact corrections 2 nu log s and 2 sum log d (deviance.py). The
-    values are therefore held constant under differentiation (``stop_gradient``).
+    intercept), s the weighted standard deviation of y and R the upper-triangular factor of
+    the weighted QR decomposition of the centred non-intercept columns (identity in the
+    intercept's row and column). So Xs has weighted-orthonormal columns orthogonal to x0,
+    and X'X's condition number never enters the criterion (an ill-conditioned X made its
+    value jitter and the optimizer stall). This is an exact reparametrization:
+    Xs = X B with B = (I - e0 m') R^{-1}, so beta = B s gamma + c e0 for any values of
+    (c, s, m, R); the criterion gets the exact corrections 2 nu log s and 2 log|det R|
+    (deviance.py). The values are therefore held constant under differentiation.
     """
 
     c: jax.Array  # ()
     s: jax.Array  # ()
     m: jax.Array  # (p,)
-    d: jax.Array  # (p,)
+    R: jax.Array  # (p, p) upper triangular, positive diagonal
 
 
 def find_intercept(X: np.ndarray) -> int | None:
@@ -91,9 +94,9 @@ def find_intercept(X: np.ndarray) -> int | None:
 
 
 def _scale(X, y, w, i0):
-    """Weighted centring (when X has an intercept) and scaling of y and the columns of X."""
+    """Scale (see there) of weighted data; returns it and the intercept column x0."""
     sw = jnp.sum(w)
-    p = X.shape[1]
+    n, p = X.shape
     if i0 is not None:
         x0 = X[:, i0]
         c = jnp.dot(w, y) / sw
@@ -103,12 +106,20 @@ def _scale(X, y, w, i0):
         c = jnp.zeros((), y.dtype)
         m = jnp.zeros(p, X.dtype)
     s = jnp.sqrt(jnp.dot(w, (y - c * x0) ** 2) / sw)
-    d = jnp.sqrt(w @ (X - x0[:, None] * m) ** 2 / sw)
-    if i0 is not None:
-        d = d.at[i0].set(1.0)
     s = jnp.where(jnp.isfinite(s) & (s > 0), s, 1.0)
-    d = jnp.where(jnp.isfinite(d) & (d > 0), d, 1.0)
-    return jax.lax.stop_gradient(Scale(c, s, m, d)), x0
+    cols = [j for j in range(p) if j != i0]
+    R = jnp.eye(p, dtype=X.dtype)
+    if cols:
+        Xc = (X[:, cols] - x0[:, None] * m[jnp.asarray(cols)]) * jnp.sqrt(w / sw)[:, None]
+        Rc = jnp.linalg.qr(Xc, mode="r")[:len(cols)]
+        dg = jnp.diagonal(Rc)
+        # positive diagonal; a (numerically) zero column keeps scale 1 instead of 1/0
+        ok = jnp.abs(dg) > 1e-300
+        Rc = Rc * jnp.where(ok, jnp.sign(dg), 1.0)[:, None]
+        Rc = jnp.where(jnp.diag(~ok), 1.0, Rc)
+        idx = jnp.asarray(cols)
+        R = R.at[idx[:, None], idx[None, :]].set(Rc)
+    return jax.lax.stop_gradient(Scale(c, s, m, R)), x0
 
 
 # ---------------------------------------------------------------- the one pass
@@ -135,7 +146,9 @@ def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype):
         y = y - offset
     scale, x0 = _scale(X, y, w, struct.intercept)
     sw = jnp.sqrt(w)[:, None]
-    Xs = (X - x0[:, None] * scale.m) / scale.d
+    # Xs = (X - x0 m') R^{-1}, i.e. R' Xs' = (X - x0 m')'
+    Xs = jax.scipy.linalg.solve_triangular(scale.R, (X - x0[:, None] * scale.m).T,
+                                           trans="T", lower=False).T
     ys = (y - scale.c * x0) / scale.s
     XY = jnp.concatenate([Xs, ys[:, None]], axis=1) * sw
     Zs = [Z * sw for Z in Zs]
