@@ -63,7 +63,7 @@ def unscaled_block(theta, stats: Stats, ci, ri):
 
 def scaling(theta, ri, E):
     """lambda: theta_j on the rows of crossed factor j, 1 on the X and y rows."""
-    Er = jnp.asarray(E)
+    Er = jnp.asarray(E, theta.dtype)
     return Er @ theta[ri] + (1.0 - jnp.sum(Er, axis=1))
 
 
@@ -79,7 +79,7 @@ def tangent_terms(theta, lam, S, Jc, H, W, ci, ri, E):
     """
     k = theta.shape[0]
     mr = H.shape[0]
-    Er = jnp.asarray(E)
+    Er = jnp.asarray(E, theta.dtype)
     outer = lam[:, None] * lam[None, :]
     Ac = outer[:, :, None] * Jc  # chain tangents of M (m, m, kc)
     Nr = (outer * S)[:mr, :mr]

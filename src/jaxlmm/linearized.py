@@ -55,7 +55,7 @@ def tensors(w, stats: Stats):
     for r in range(nchain, len(st.factors)):
         pi, pj = stats.pi[0, r], stats.pj[0, r]
         P0 = stats.P[0, r][:, 0, :]  # (npairs, q0)
-        col = st.rest_offsets[r - nchain] + pi
+        col = (st.rest_offsets[r - nchain] + pi).astype(xy.dtype)
         wcol = w[xy[None, :] * m + col[:, None]]  # (npairs, p+1)
         v = jnp.einsum("xjc,xj->xc", E0[pj], wcol)
         K[r, -1] = jax.ops.segment_sum(v[:, :, None] * P0[:, None, :], pj, G0,
@@ -108,7 +108,7 @@ def prepare(Gam, stats: Stats):
     if not first_factor_reduced(st):
         return w, None
     K = tensors(w, stats)
-    E = jnp.asarray(indicator(st))
+    E = jnp.asarray(indicator(st), Gam.dtype)
     Q = E.T @ (Gam * stats.M) @ E
     K[SCALED] = Q.at[-1, -1].add(jnp.trace(Gam[:st.m_rand, :st.m_rand]))
     return w, K

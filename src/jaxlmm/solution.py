@@ -29,7 +29,7 @@ class Solution(NamedTuple):
     """Estimates at one theta, in the units of the data (stats.Scale undone)."""
 
     beta: jax.Array  # (p,) fixed effects
-    xtx_inv: jax.Array  # (p, p) (X'V^{-1}X)^{-1} sigma^2, so vcov(beta) = sigma^2 * this
+    xtx_inv: jax.Array  # (p, p) vcov(beta) / sigma^2 = (X'V^{-1}X)^{-1} with V = Var(y) / sigma^2
     u: tuple  # per factor (elimination order): (G, q) spherical conditional modes
     b: tuple  # per factor: (G, q) conditional modes of the random effects, = u T'
     cond_var: tuple  # per factor: (G, q, q) Var(b | y) / sigma^2 = T Sigma_jj T'
