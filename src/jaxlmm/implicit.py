@@ -55,12 +55,27 @@ def tolerances(dtype) -> dict:
     return dict(gtol=max(1e-10, 100.0 * eps), ftol=max(1e-12, 10.0 * eps))
 
 
+def column_flips(struct) -> np.ndarray:
+    """(k, k) signs: row j flips the entries below template diagonal j in its column (the
+    covariance T T' is unchanged when a whole column of T changes sign); rows of
+    off-diagonal thetas are all ones."""
+    k = struct.n_theta
+    F = np.ones((k, k))
+    for entries in struct.templates:
+        for i, r, c in entries:
+            if r == c:
+                for i2, r2, c2 in entries:
+                    if c2 == c and r2 > r:
+                        F[i, i2] = -1.0
+    return F
+
+
 def _run(stats: Stats, theta0, reml: bool, max_iter: int, hessian: str) -> OptResult:
     lower = jnp.asarray(stats.struct.lower, theta0.dtype)
     return minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter,
                     exact_hessian=use_exact_hessian(hessian),
                     derivs=derivatives(stats.struct, theta0.shape[0]),
-                    **tolerances(theta0.dtype))
+                    flips=column_flips(stats.struct), **tolerances(theta0.dtype))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))

@@ -101,7 +101,7 @@ def _positive(H):
 
 
 def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-12,
-             exact_hessian=True, derivs: Derivatives | None = None):
+             exact_hessian=True, derivs: Derivatives | None = None, flips=None):
     """Minimize ``fun(theta, *args)`` subject to ``theta >= lower``; jittable, vmappable.
 
     ``derivs`` supplies value, value+gradient and value+gradient+Hessian (default: autodiff
@@ -120,6 +120,13 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
     lower = jnp.asarray(lower, theta0.dtype)
     k = theta0.shape[0]
     derivs = autodiff(fun, k) if derivs is None else derivs
+    F = jnp.ones((k, k), theta0.dtype) if flips is None else jnp.asarray(flips, theta0.dtype)
+
+    def _flippable(theta, g, f):
+        """Bound coordinates whose sign flip (``flips``) gives an equivalent point where the
+        gradient points inward: the bound is then not a minimum."""
+        sub = jnp.any((F < 0) & (theta[None, :] != 0), axis=1)
+        return (theta <= lower) & (g > 1e-12 * (1.0 + jnp.abs(f))) & sub
 
     def evaluate(t, need_h, H_old):
         if not exact_hessian:  # quasi-Newton: exact Hessians only in ``check`` below
@@ -221,7 +228,8 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         done = acc & ((dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
         # quasi-Newton: a converged point with variances stationary on their bound goes to
         # the second-order check (BFGS's curvature cannot tell a saddle there)
-        cert = done & jnp.any(_stuck(theta, g, f)) & ~s.cert & (not exact_hessian)
+        cert = done & ~s.cert & ((jnp.any(_stuck(theta, g, f)) & (not exact_hessian))
+                                 | jnp.any(_flippable(theta, g, f)))
         done = done & ~cert
         bad = first & ~jnp.isfinite(fc)
         out_of_budget = acc & (it >= max_iter)
@@ -271,9 +279,18 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         # curvature below -100 gtol (1 + |f|): clearly negative, not rounding (a variance
         # at 0 in a flat direction, as in a singular vector term, has curvature ~0)
         neg = stuck & (jnp.diagonal(H) < -100.0 * gtol * (1.0 + jnp.abs(f)))
-        go = start | jnp.any(neg)
+        # a variance at 0 with a non-zero column below it in its template: flipping that
+        # column's sign is the same covariance, where the gradient points inward
+        flip = _flippable(s.theta, g, f) & ~start
+        S = jnp.prod(jnp.where(flip[:, None], F, 1.0), axis=0)
+        go = start | jnp.any(neg) | jnp.any(flip)
+        H = S[:, None] * H * S[None, :]
         s = s._replace(
-            H=_positive(H), cand=s.theta, pre=jnp.asarray(True), trust=jnp.asarray(False),
+            # the flipped point is the same covariance: theta, g and H flip with it (so the
+            # re-evaluation below makes no BFGS update between the two)
+            theta=S * s.theta, f=f, g=S * g,
+            H=H if exact_hessian else _positive(H), cand=S * s.theta, pre=jnp.asarray(True),
+            trust=jnp.asarray(False), dec_next=jnp.asarray(jnp.inf, s.f.dtype),
             probe=jnp.zeros(k, bool), cert=~start, ncert=s.ncert + jnp.where(start, 0, 1),
             probed=jnp.where(start, s.probed, (s.probed | stuck) & ~neg),
             nfev=s.nfev + jnp.where(start, 0, 1), status=jnp.where(go, -1, 0))
@@ -286,12 +303,9 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
                 jnp.asarray(False), zk,
                 inf, jnp.zeros(k, bool), inf, jnp.int32(0), jnp.int32(0), jnp.int32(-1),
                 jnp.zeros(k, bool), jnp.asarray(False), jnp.int32(0))
-    if exact_hessian:
-        s = lax.while_loop(lambda s: s.status == -1, body, s0)
-    else:
-        s = lax.while_loop(lambda s: (s.status == -2) & (s.ncert <= MAX_CHECKS), check,
-                           s0._replace(status=jnp.int32(-2)))
-        # still a saddle after MAX_CHECKS checks: report it as a failed search
-        s = s._replace(status=jnp.where(s.status == -2, 2, s.status))
+    s = lax.while_loop(lambda s: (s.status == -2) & (s.ncert <= MAX_CHECKS), check,
+                       s0._replace(status=jnp.int32(-2)))
+    # still a saddle after MAX_CHECKS checks: report it as a failed search
+    s = s._replace(status=jnp.where(s.status == -2, 2, s.status))
     pg = jnp.max(jnp.abs(_proj_grad(s.theta, s.g, lower)), initial=0.0)
     return OptResult(s.theta, s.f, s.g, pg, s.it, s.nfev, s.status)
