@@ -982,12 +982,6 @@ def git_state() -> dict:
     return {"commit": head, "src_dirty": sorted(ln[3:] for ln in (dirty or "").splitlines())}
 
 
-def write_outputs(report: dict, prefix: Path) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(prefix) + ".json").write_text(json.dumps(report, indent=1, default=str))
-    Path(str(prefix) + ".md").write_text(render_md(report))
-
-
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -1110,12 +1104,12 @@ def main(argv=None) -> int:
             wl = makers[name]()
             report["workloads"].append(bench_workload(wl, args, tmp, rinfo))
             report["total_wall_s"] = time.perf_counter() - started
-            write_outputs(report, prefix)
+            H.write_outputs(report, prefix, render_md)
     finally:
         report["total_wall_s"] = time.perf_counter() - started
         report["machine"]["loadavg_end"] = os.getloadavg()[0]
         report["jaxlmm_source_digest_end"] = H.jaxlmm_source_digest()
-        write_outputs(report, prefix)
+        H.write_outputs(report, prefix, render_md)
         if args.keep_data:
             log(f"data kept in {tmp}")
         else:

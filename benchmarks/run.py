@@ -667,10 +667,11 @@ def render_md(report: dict) -> str:
     return "\n".join(L)
 
 
-def write_outputs(report: dict, out_prefix: Path) -> None:
+def write_outputs(report: dict, out_prefix: Path, render=None) -> None:
+    """``out_prefix``.json (everything) and .md (``render(report)``, default render_md)."""
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(str(out_prefix) + ".json").write_text(json.dumps(report, indent=1, default=str))
-    Path(str(out_prefix) + ".md").write_text(render_md(report))
+    Path(str(out_prefix) + ".md").write_text((render or render_md)(report))
 
 
 # --------------------------------------------------------------------------
