@@ -20,6 +20,7 @@ from .engine import FitResult, fit_stats, objective, solve  # noqa: E402
 from .errors import DataError, FormulaError, JaxlmmError  # noqa: E402
 from .formula import parse_formula  # noqa: E402
 from .frame import ModelFrame, model_frame  # noqa: E402
+from .compare import anova  # noqa: E402
 from .model import LinearMixedModel, fit  # noqa: E402
 from .modeldesign import Design, design, design_from_arrays  # noqa: E402
 from .optimize import STATUS  # noqa: E402
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "fit",
+    "anova",
     "LinearMixedModel",
     "design",
     "design_from_arrays",

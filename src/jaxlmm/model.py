@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,8 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     return LinearMixedModel(d, res, reml, hessian, data_name,
                             timings={"design": t1 - t0, "fit": t2 - t1},
                             weights_name=weights if isinstance(weights, str) else None,
-                            offset_name=offset if isinstance(offset, str) else None)
+                            offset_name=offset if isinstance(offset, str) else None,
+                            max_iter=max_iter)
 
 
 def _to_host(tree):
@@ -79,6 +81,31 @@ class LinearMixedModel:
     timings: dict = field(default_factory=dict)
     weights_name: str | None = None  # column names, when given by name (for the summary)
     offset_name: str | None = None
+    max_iter: int = 200
+
+    @cached_property
+    def stats(self):
+        """The sufficient statistics of the design (stats.Stats), computed once."""
+        return suffstats(self.design)
+
+    def refit(self, *, reml: bool | None = None, start=None) -> "LinearMixedModel":
+        """The same model refitted (default: same criterion), from ``start`` (default: this
+        fit's theta). ``refit(reml=False)`` is lme4's refitML()."""
+        reml = self.reml if reml is None else bool(reml)
+        theta0 = self.theta if start is None else np.asarray(start, float)
+        t0 = time.perf_counter()
+        res = _to_host(fit_stats(self.stats, reml=reml, theta0=theta0,
+                                 max_iter=self.max_iter, hessian=self.hessian))
+        timings = {"design": self.timings.get("design", 0.0), "fit": time.perf_counter() - t0}
+        m = LinearMixedModel(self.design, res, reml, self.hessian, self.data_name, timings,
+                             self.weights_name, self.offset_name, self.max_iter)
+        m.__dict__["stats"] = self.stats
+        return m
+
+    def refit_ml(self) -> "LinearMixedModel":
+        """This model fitted by maximum likelihood (itself when it already is), started
+        from the REML estimate (lme4's refitML)."""
+        return self if not self.reml else self.refit(reml=False)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -231,14 +258,29 @@ class LinearMixedModel:
             "timings": dict(self.timings),
         }
 
+    @cached_property
+    def diagnostics(self) -> dict:
+        """Convergence check at the optimum (diagnostics.check): Newton decrement, Hessian
+        eigenvalues of the free parameters, gradient on the bounds, notes and what to try."""
+        from .diagnostics import check, value_grad_hessian
+
+        f, g, H = _to_host(value_grad_hessian(self.theta, self.stats, self.reml))
+        return check(self.theta, self.lower, f, g, H, int(self.result.opt.status))
+
     @property
     def messages(self) -> list[str]:
+        """Notes on the fit: model-frame notes, singular components, convergence problems
+        and what to try (empty for a clean fit)."""
+        from .diagnostics import singular_message
+
         msgs = list(self.frame.messages)
         if self.is_singular:
-            msgs.append("boundary (singular) fit: variance component(s) at zero: "
-                        + ", ".join(self.singular_components))
+            msgs.append(singular_message(self.singular_components))
+        d = self.diagnostics
         if not self.converged:
-            msgs.append("convergence: " + self.optinfo["message"])
+            msgs.append(f"convergence: {self.optinfo['message']}; what to try: "
+                        f"{d['what_to_try']}")
+        msgs += [f"convergence check: {n}" for n in d["notes"]]
         return msgs
 
     # ------------------------------------------------------------------ random effects
@@ -318,5 +360,6 @@ class LinearMixedModel:
             "singular_components": self.singular_components,
             "converged": self.converged,
             "optinfo": self.optinfo,
+            "diagnostics": self.diagnostics,
             "messages": self.messages,
         }
