@@ -39,7 +39,8 @@ import pandas as pd
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, group_variables, parse_formula, quote_name, tokenize
 
-__all__ = ["RandomTerm", "ModelFrame", "MatrixSpec", "model_frame", "group_codes"]
+__all__ = ["RandomTerm", "ModelFrame", "MatrixSpec", "model_frame", "group_codes", "NewRows",
+           "new_rows"]
 
 RANK_TOL = 1e-7
 
@@ -831,3 +832,120 @@ def _drop_redundant(X: np.ndarray, names, tol: float = RANK_TOL):
     keep = [j for j in range(p) if norms[j] > 0 and diag[j] > tol * norms[j]]
     dropped = [names[j] for j in range(p) if j not in set(keep)]
     return X[:, keep], [names[j] for j in keep], dropped, keep
+
+
+# --------------------------------------------------------------------------
+# new data (predict): the fitted model's encoding applied to other rows
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewRows:
+    """A fitted model's matrices for new data (``new_rows``), row for row with the data.
+
+    Rows with a missing value in an input of a matrix get NaN in that matrix (R's
+    ``na.pass``); group codes are -1 for a level not seen when fitting or a missing value.
+    """
+
+    n: int
+    X: np.ndarray | None  # (n, p) fixed-effects model matrix (the fit's kept columns)
+    offset: np.ndarray | None  # (n,) the formula's offset() terms, None if it has none
+    Z: dict  # term index -> (n, q_t) per-row model matrix of the term
+    codes: dict  # term index -> (n,) int32 level codes into term.levels, -1 new or missing
+    missing: dict  # term index -> (n,) bool: a grouping variable is missing in the row
+    new_levels: dict  # term index -> sorted labels of levels not seen when fitting
+
+
+def new_rows(frame: ModelFrame, data, *, fixed: bool = True, terms=(), groups=()) -> NewRows:
+    """X and offset (``fixed``), each term's Z (``terms``: indices into ``frame.terms``)
+    and group codes (``groups``) of ``frame``'s model for new ``data``.
+
+    Uses the fit's encoding: factor levels and contrasts (polynomial for ordered factors),
+    stateful transforms, the columns dropped for rank deficiency. The response is not
+    needed. A missing column, or a level of a factor in X or Z not seen when fitting, raises
+    a DataError naming it; unseen levels of grouping factors are reported in ``new_levels``.
+    """
+    if frame.fixed_spec is None:
+        raise DataError("this model was built from arrays (design_from_arrays), so it has no "
+                        "encoding for new data; build the new rows' matrices yourself")
+    parsed = parse_formula(frame.formula)
+    df = _as_frame(data)
+    n = len(df)
+    X = offset = None
+    if fixed:
+        cols = _expr_columns(parsed.fixed, df, "the fixed-effects part")
+        X = _new_matrix(frame.fixed_spec, df, cols, "the fixed-effects part")
+        if parsed.offsets:
+            offset = np.zeros(n)
+            for e in parsed.offsets:
+                ocols = _expr_columns(e, df, f"offset({e})")
+                prepared = _Prepared({c: _model_column(df[c], c) for c in ocols}, n)
+                offset = offset + _offset_values(e, prepared, parsed)
+    Z = {}
+    for t in terms:
+        term, spec = frame.terms[t], parsed.random[t]
+        if term.spec is None or spec.group != term.group:  # pragma: no cover - defensive
+            raise DataError(f"cannot rebuild the random term {term.source} for new data")
+        Z[t] = _new_matrix(term.spec, df, _expr_columns(spec.expr, df, spec.source), spec.source)
+    codes, missing, new = {}, {}, {}
+    for t in groups:
+        term = frame.terms[t]
+        codes[t] = group_codes(term, df)
+        names = group_variables(term.group)
+        miss = np.zeros(n, dtype=bool)
+        for c in names:
+            miss |= np.asarray(pd.isna(df[c]), dtype=bool)
+        missing[t] = miss
+        rows = np.flatnonzero((codes[t] < 0) & ~miss)
+        new[t] = tuple(sorted({":".join(_label(df[c].iloc[r]) for c in names) for r in rows}))
+    return NewRows(n, X, offset, Z, codes, missing, new)
+
+
+def _new_matrix(spec: MatrixSpec, df: pd.DataFrame, cols, where: str) -> np.ndarray:
+    """``spec.matrix`` on the rows of ``df`` without missing inputs; NaN rows elsewhere."""
+    import warnings
+
+    from formulaic.errors import DataMismatchWarning
+
+    na = np.zeros(len(df), dtype=bool)
+    for c in cols:
+        na |= np.asarray(pd.isna(df[c]), dtype=bool)
+    ok = np.flatnonzero(~na)
+    out = np.full((len(df), len(spec.columns)), np.nan)
+    if ok.size == 0:
+        return out
+    sub = df.iloc[ok][list(cols)].reset_index(drop=True)
+    _check_known_levels(spec, sub, where)
+    if not cols:  # intercept only: MatrixSpec.matrix reads the row count off the columns
+        sub = pd.DataFrame({"(rows)": np.zeros(ok.size)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        try:
+            M = spec.matrix(sub)
+        except DataMismatchWarning as exc:  # a level the checks above could not name
+            raise DataError(f"new data have factor levels not seen when fitting in {where}: "
+                            f"{_clean(exc)}") from None
+    out[ok] = M
+    return out
+
+
+def _check_known_levels(spec: MatrixSpec, df: pd.DataFrame, where: str) -> None:
+    """DataError naming a factor column of ``df`` with a level the fitted encoding lacks."""
+    state = getattr(spec.model_spec, "encoder_state", None) or {}
+    for key, (kind, st) in state.items():
+        levels = st.get("categories") if isinstance(st, dict) else None
+        if getattr(kind, "value", kind) != "categorical" or levels is None:
+            continue
+        m = re.fullmatch(r"\s*(?:factor|C)\(\s*`?([^`,()]+?)`?\s*[,)].*", key)
+        col = key if key in df.columns else (m.group(1) if m else None)
+        if col not in df.columns:
+            continue
+        known = set(map(str, levels))
+        seen = dict.fromkeys(_label(v) for v in df[col] if not pd.isna(v))
+        unseen = [v for v in seen if v not in known]
+        if unseen:
+            shown = ", ".join(repr(v) for v in unseen[:10]) + (", ..." if len(unseen) > 10 else "")
+            raise DataError(
+                f"column {col!r} (used in {where}) has level{'s' if len(unseen) > 1 else ''} "
+                f"{shown} not seen when fitting; the model knows "
+                f"{', '.join(repr(str(v)) for v in levels)}; drop or recode those rows")

@@ -332,6 +332,30 @@ class LinearMixedModel:
             r = r * w / self.sigma
         return r
 
+    # ------------------------------------------------------------------ prediction
+    def coef(self) -> dict:
+        """Per grouping factor, a DataFrame (levels x fixef names) of fixed plus random
+        effects, as lme4's coef(m) (predict.coef)."""
+        from .predict import coef
+
+        return coef(self)
+
+    def predict(self, newdata=None, re=True, allow_new_levels: bool = True, *,
+                interval: str | None = None, level: float = 0.95, offset=None):
+        """Predictions for ``newdata`` (default: the fit's rows), as lme4's predict().
+
+        ``re=True``: conditional on the random effects (a level not seen in the fit gets
+        the population prediction for that factor, or a DataError with
+        ``allow_new_levels=False``); ``re=False``: X beta + offset (lme4's re.form = NA);
+        ``re=["g", ...]``: only those grouping factors. ``interval="confidence"`` or
+        ``"prediction"`` returns a DataFrame (fit, lwr, upr, se) with normal quantiles at
+        ``level``, theta and sigma taken as known (docs/inference.md). predict.predict.
+        """
+        from .predict import predict
+
+        return predict(self, newdata, re, allow_new_levels, interval=interval, level=level,
+                       offset=offset)
+
     # ------------------------------------------------------------------ output
     def summary(self) -> str:
         from .summary import format_summary
