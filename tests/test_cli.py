@@ -32,7 +32,7 @@ def assert_clean_error(rc, out, err):
 def test_fit_prints_summary(capsys):
     rc, out, err = run(capsys, "fit", FORMULA, "--data", "sleepstudy")
     assert rc == 0
-    assert out.startswith("Linear mixed model fit by REML ['lmerMod']")
+    assert out.startswith("Linear mixed model fit by REML. t-tests use Satterthwaite's method")
     assert "   Data: sleepstudy" in out
     assert "REML criterion at convergence: 1743.6" in out
     assert "Number of obs: 180, groups:  Subject, 18" in out

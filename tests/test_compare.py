@@ -81,7 +81,9 @@ def test_refuses_different_data(sleepstudy):
 def test_refuses_bad_calls(sleepstudy):
     m = jaxlmm.fit("Reaction ~ Days + (1 | Subject)", sleepstudy)
     with pytest.raises(JaxlmmError, match="two or more"):
-        jaxlmm.anova(m)
+        jaxlmm.anova(m=m)
+    single = jaxlmm.anova(m)  # one model: its F tests, as R's anova(m)
+    assert list(single.index) == ["Days"] and "F value" in single.columns
     with pytest.raises(JaxlmmError, match="not a fitted"):
         jaxlmm.anova(m, "m1")
     with pytest.raises(JaxlmmError, match="either all by position"):

@@ -50,9 +50,12 @@ def _block(text, title):
 
 
 # ---------------------------------------------------------------------------- REML sleepstudy
-def test_reml_header(reml_text):
+def test_reml_header(reml_fit, reml_text):
     lines = _lines(reml_text)
-    assert lines[0] == "Linear mixed model fit by REML ['lmerMod']"
+    assert lines[0] == ("Linear mixed model fit by REML. t-tests use Satterthwaite's method "
+                        "['lmerModLmerTest']")
+    assert reml_fit.summary(ddf="lme4").splitlines()[0] == (
+        "Linear mixed model fit by REML ['lmerMod']")
     assert lines[1] == "Formula: Reaction ~ Days + (Days | Subject)"
     assert lines[2] == "   Data: sleepstudy"
     assert "REML criterion at convergence: 1743.6" in lines
@@ -92,13 +95,30 @@ def test_reml_random_effects(reml_text):
     assert block[3].index("25.592") == hdr.index("Std.Dev.")
 
 
-def test_reml_fixed_effects(reml_text):
-    block = _block(reml_text, "Fixed effects:")
+def test_reml_fixed_effects(reml_fit, reml_text):
+    # lme4's layout
+    block = _block(reml_fit.summary(ddf="lme4"), "Fixed effects:")
     assert block[0].split() == ["Estimate", "Std.", "Error", "t", "value"]
     assert block[1].split() == ["(Intercept)", "251.405", "6.825", "36.838"]
     assert block[2].split() == ["Days", "10.467", "1.546", "6.771"]
     # right-aligned columns: all lines end at the same position
     assert len({len(ln) for ln in block}) == 1
+    with pytest.raises(jaxlmm.JaxlmmError, match="ddf"):
+        reml_fit.summary(ddf="Kenward-Roger")
+
+
+def test_reml_fixed_effects_satterthwaite(reml_text):
+    """lmerTest 3.1-3's print(summary(m)) of the same model, line by line (up to the
+    trailing blanks R leaves after the stars)."""
+    block = _block(reml_text, "Fixed effects:")
+    assert block == [
+        "            Estimate Std. Error      df t value Pr(>|t|)",
+        "(Intercept)  251.405      6.825  17.000  36.838  < 2e-16 ***",
+        "Days          10.467      1.546  17.000   6.771 3.26e-06 ***",
+        "---",
+        "Signif. codes:  0 \u2018***\u2019 0.001 \u2018**\u2019 0.01 \u2018*\u2019 0.05 "
+        "\u2018.\u2019 0.1 \u2018 \u2019 1",
+    ]
 
 
 def test_reml_fixef_correlation(reml_text):
@@ -138,7 +158,10 @@ def test_not_converged(reml_fit):
 def test_ml_aic_table(ml_fit):
     text = ml_fit.summary()
     lines = _lines(text)
-    assert lines[0] == "Linear mixed model fit by maximum likelihood  ['lmerMod']"
+    assert lines[0] == ("Linear mixed model fit by maximum likelihood . t-tests use "
+                        "Satterthwaite's method ['lmerModLmerTest']")
+    assert ml_fit.summary(ddf=None).splitlines()[0] == (
+        "Linear mixed model fit by maximum likelihood  ['lmerMod']")
     assert "REML criterion" not in text
     i = next(k for k, ln in enumerate(lines) if ln.split()[:1] == ["AIC"])
     assert lines[i].split() == ["AIC", "BIC", "logLik", "deviance", "df.resid"]
@@ -186,7 +209,11 @@ def test_two_grouping_factors():
     assert block[-1] == "Number of obs: 144, groups:  plate, 24; sample, 6"
     assert "REML criterion at convergence: 330.9" in text
     fe = _block(text, "Fixed effects:")
-    assert fe[1].split() == ["(Intercept)", "22.9722", "0.8086", "28.41"]
+    # lmerTest 3.1-3 prints: (Intercept)  22.9722     0.8086  5.4866   28.41 3.62e-07 ***
+    # (lme4's optimum is less precise than ours; the df differ by 9e-5 relative)
+    row = fe[1].split()
+    assert row[:3] == ["(Intercept)", "22.9722", "0.8086"]
+    assert abs(float(row[3]) - 5.4866) < 1e-3 and row[4:] == ["28.41", "3.62e-07", "***"]
 
 
 def test_weights_and_missing_rows(sleep):

@@ -28,11 +28,13 @@ def anova(*models, names=None, refit: bool = True, **named) -> pd.DataFrame:
     """Likelihood-ratio test table of nested models, like lme4's ``anova(m0, m1, ...)``.
 
     ``anova(m0, m1)`` names the rows "model1", "model2", ...; ``anova(null=m0, full=m1)`` or
-    ``names=[...]`` names them. ``refit=True`` (default) refits REML fits by ML first
+    ``names=[...]`` names them. With one model, its type III F tests (m.anova()). ``refit=True`` (default) refits REML fits by ML first
     (reported in ``table.attrs["messages"]``); ``refit=False`` compares the criteria as
     fitted and is refused when REML fits have different fixed effects. Models must be fitted
     to the same observations (same response, weights and rows).
     """
+    if len(models) == 1 and not named and names is None and _is_model(models[0]):
+        return models[0].anova()  # one model: F tests of its terms, as R's anova(m)
     models, labels = _collect(models, names, named)
     _check_same_data(models, labels)
     messages = []
@@ -80,6 +82,12 @@ def format_anova(table: pd.DataFrame) -> str:
         lines += [f"{k}: {v}" for k, v in models.items()]
     lines.append(table.to_string(float_format=lambda v: f"{v:.6g}", na_rep=""))
     return "\n".join(lines)
+
+
+def _is_model(m) -> bool:
+    from .model import LinearMixedModel
+
+    return isinstance(m, LinearMixedModel)
 
 
 def _collect(models, names, named):

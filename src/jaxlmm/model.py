@@ -332,6 +332,40 @@ class LinearMixedModel:
             r = r * w / self.sigma
         return r
 
+    # ------------------------------------------------------------------ inference
+    def coef_table(self, ddf: str | None = "Satterthwaite") -> pd.DataFrame:
+        """Estimate, Std. Error, df, t value, Pr(>|t|) per fixed effect, as lmerTest's
+        summary (Satterthwaite df from the exact Hessian in (theta, sigma));
+        ``ddf="lme4"``: lme4's table without df and p (satterthwaite.coef_table)."""
+        from .satterthwaite import coef_table
+
+        return coef_table(self, ddf)
+
+    def contrast(self, L, rhs=0.0, joint: bool = True) -> pd.DataFrame:
+        """Test L beta = rhs with Satterthwaite df, as lmerTest's contest: a vector L (array
+        or {fixef name: weight}) gives a t test, a matrix an F test (or a t test per row with
+        ``joint=False``) (satterthwaite.contrast)."""
+        from .satterthwaite import contrast
+
+        return contrast(self, L, rhs, joint)
+
+    def anova(self, type: int = 3, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """F tests of the fixed-effect terms, as lmerTest's anova(m) (type III by default,
+        or type=1); for likelihood-ratio tests between models use jaxlmm.anova(m0, m1)."""
+        from .satterthwaite import anova
+
+        return anova(self, type, ddf)
+
+    def confint(self, parm=None, level: float = 0.95, method: str = "profile",
+                **kwargs) -> pd.DataFrame:
+        """Confidence intervals, as lme4's confint(m): ``method="profile"`` (default;
+        likelihood profiles of the sds, correlations, sigma and fixed effects), ``"Wald"``
+        (fixed effects, normal quantiles) or ``"boot"`` (parametric bootstrap percentile
+        intervals; ``nsim=``, ``seed=``)."""
+        from .inference import confint
+
+        return confint(self, parm, level, method, **kwargs)
+
     # ------------------------------------------------------------------ prediction
     def coef(self) -> dict:
         """Per grouping factor, a DataFrame (levels x fixef names) of fixed plus random
@@ -357,10 +391,12 @@ class LinearMixedModel:
                        offset=offset)
 
     # ------------------------------------------------------------------ output
-    def summary(self) -> str:
+    def summary(self, ddf: str | None = "Satterthwaite") -> str:
+        """Text summary laid out like lmerTest's summary(m) (fixed effects with
+        Satterthwaite df and p-values), or lme4's with ``ddf="lme4"``."""
         from .summary import format_summary
 
-        return format_summary(self)
+        return format_summary(self, ddf)
 
     def __repr__(self) -> str:
         return self.summary()

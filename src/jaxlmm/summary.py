@@ -145,8 +145,12 @@ def abbreviate(names, minlength: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- sections
-def _header(m) -> list[str]:
-    if m.reml:
+def _header(m, satterthwaite: bool = False) -> list[str]:
+    if satterthwaite:  # lmerTest's summary
+        how = "REML" if m.reml else "maximum likelihood "
+        lines = [f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method "
+                 "['lmerModLmerTest']"]
+    elif m.reml:
         lines = ["Linear mixed model fit by REML ['lmerMod']"]
     else:
         lines = ["Linear mixed model fit by maximum likelihood  ['lmerMod']"]
@@ -279,17 +283,59 @@ def _groups_line(m) -> str:
     return f"Number of obs: {m.nobs}, groups:  " + "; ".join(parts)
 
 
-def _fixed_effects(m) -> list[str]:
+SIGNIF_LEGEND = "Signif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1"
+
+
+def _stars(p: float) -> str:
+    """R's symnum significance codes."""
+    if not _isfinite(p):
+        return ""
+    for cut, sym in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p <= cut:
+            return sym
+    return ""
+
+
+def format_pvalues(pv, digits: int) -> list[str]:
+    """R's format.pval(pv, digits, eps = .Machine$double.eps): values at or above 1e-3
+    formatted jointly in fixed notation, smaller ones jointly, below eps as "< 2e-16"."""
+    pv = np.asarray(pv, float)
+    eps = np.finfo(float).eps
+    out = [""] * len(pv)
+    tiny = [i for i, p in enumerate(pv) if _isfinite(p) and p < eps]
+    rest = [i for i in range(len(pv)) if i not in tiny]
+    with np.errstate(divide="ignore"):
+        expo = np.floor(np.log10(np.where(pv > 0, pv, 1e-50)))
+    for group in ([i for i in rest if expo[i] >= -3 or pv[i] == 0],
+                  [i for i in rest if not (expo[i] >= -3 or pv[i] == 0)]):
+        if group:
+            for i, c in zip(group, format_number_vector(pv[group], digits)):
+                out[i] = c.strip()
+    for i in tiny:
+        out[i] = "< " + format_number_vector([eps], max(1, digits - 2))[0].strip()
+    return out
+
+
+def _fixed_effects(m, satterthwaite: bool = False) -> list[str]:
     beta = m.fixef
     p = len(beta)
     if p == 0:
         return ["No fixed effect coefficients"]
     names = [str(n) for n in beta.index]
-    est = beta.to_numpy(float)
-    se = m.stderr.reindex(beta.index).to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tval = est / se
-    coef_se = np.concatenate([est, se])
+    if satterthwaite:
+        tab = m.coef_table(ddf="Satterthwaite")
+        est, se = tab["Estimate"].to_numpy(float), tab["Std. Error"].to_numpy(float)
+        df, tval, pval = (tab[c].to_numpy(float) for c in ("df", "t value", "Pr(>|t|)"))
+        cols = [est, se, df]  # printCoefmat's cs.ind = 1:3: df formatted with the estimates
+        heads = ["Estimate", "Std. Error", "df"]
+    else:
+        est = beta.to_numpy(float)
+        se = m.stderr.reindex(beta.index).to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tval = est / se
+        cols = [est, se]
+        heads = ["Estimate", "Std. Error"]
+    coef_se = np.concatenate(cols)
     acs = np.abs(coef_se[np.isfinite(coef_se) & (coef_se != 0)])
     if acs.size:
         digmin = 1 + np.floor(np.log10([acs.min(), acs.max()]))
@@ -304,9 +350,20 @@ def _fixed_effects(m) -> list[str]:
     cs = [c.rjust(w) for c in cs]
     dig_tst = max(1, min(5, DIGITS - 1))
     ts = format_number_vector(np.round(tval, dig_tst), DIGITS)  # lme4: no zap.ind
-    cells = [[cs[i], cs[p + i], ts[i]] for i in range(p)]
-    return ["Fixed effects:"] + _char_matrix(names, ["Estimate", "Std. Error", "t value"],
-                                             cells, right=True)
+    ncs = len(cols)
+    cells = [[cs[j * p + i] for j in range(ncs)] + [ts[i]] for i in range(p)]
+    heads = heads + ["t value"]
+    if not satterthwaite:
+        return ["Fixed effects:"] + _char_matrix(names, heads, cells, right=True)
+    ps = format_pvalues(pval, dig_tst)
+    stars = [_stars(v) for v in pval]
+    body = _char_matrix(names, heads + ["Pr(>|t|)"],
+                        [row + [pc] for row, pc in zip(cells, ps)], right=True)
+    out = ["Fixed effects:", body[0]] + [(b + " " + st).rstrip()
+                                         for b, st in zip(body[1:], stars)]
+    if any(stars):
+        out += ["---", SIGNIF_LEGEND]
+    return out
 
 
 def _fixef_correlation(m) -> list[str]:
@@ -348,14 +405,21 @@ def _notes(m) -> list[str]:
     return lines
 
 
-def format_summary(m) -> str:
-    """lme4-style summary of a fitted :class:`~jaxlmm.model.LinearMixedModel`."""
+def format_summary(m, ddf: str | None = "Satterthwaite") -> str:
+    """Summary of a fitted :class:`~jaxlmm.model.LinearMixedModel` laid out like lmerTest's
+    (``ddf="Satterthwaite"``: df and p-values in the fixed-effects table) or lme4's
+    (``ddf="lme4"`` or None)."""
+    satt = ddf is not None and str(ddf).lower() != "lme4"
+    if satt and str(ddf).lower() != "satterthwaite":
+        from .errors import JaxlmmError
+
+        raise JaxlmmError(f"ddf must be 'Satterthwaite' or 'lme4' (None), got {ddf!r}")
     sections = [
-        _header(m),
+        _header(m, satt),
         _criterion(m),
         _residuals(m),
         _random_effects(m),
-        _fixed_effects(m),
+        _fixed_effects(m, satt),
         _fixef_correlation(m),
         _notes(m),
     ]

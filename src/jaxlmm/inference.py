@@ -1,0 +1,52 @@
+"""``confint(m, method=...)``: one entry point for the three kinds of intervals, as lme4's.
+
+* "profile" (lme4's default): likelihood-profile intervals of the random-effect standard
+  deviations and correlations, sigma and the fixed effects (profile.py);
+* "Wald": beta_j +- z_{(1+level)/2} se_j for the fixed effects (satterthwaite.py);
+* "boot": percentile intervals of a parametric bootstrap (bootstrap.py).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .errors import JaxlmmError
+
+METHODS = ("profile", "wald", "boot")
+
+
+def confint(m, parm=None, level: float = 0.95, method: str = "profile",
+            **kwargs) -> pd.DataFrame:
+    """Confidence intervals for the parameters of ``m``; ``parm``: names to keep (lme4's
+    ".sig01", ..., ".sigma" and fixed-effect names), default all."""
+    kind = str(method).lower()
+    if kind not in METHODS:
+        raise JaxlmmError(f"confint: method must be one of 'profile', 'Wald', 'boot', got "
+                          f"{method!r}")
+    if kind == "profile":
+        from .profile import profile_confint
+
+        if kwargs:
+            raise JaxlmmError(f"confint(method='profile'): unexpected options {sorted(kwargs)}")
+        return profile_confint(m, level=level, which=parm)
+    if kind == "wald":
+        from .satterthwaite import wald_confint
+
+        if kwargs:
+            raise JaxlmmError(f"confint(method='Wald'): unexpected options {sorted(kwargs)}")
+        out = wald_confint(m, level=level)
+    else:
+        from .bootstrap import bootstrap
+
+        nsim = kwargs.pop("nsim", 1000)
+        seed = kwargs.pop("seed", 0)
+        boot_method = kwargs.pop("boot_type", "percentile")
+        out = bootstrap(m, nsim, seed=seed, **kwargs).confint(level=level, method=boot_method)
+    if parm is not None:
+        names = [parm] if isinstance(parm, str) else list(parm)
+        unknown = [p for p in names if p not in out.index]
+        if unknown:
+            raise JaxlmmError(f"confint: unknown parameter(s) {unknown}; available: "
+                              f"{list(out.index)}")
+        out = out.loc[names]
+    return out
