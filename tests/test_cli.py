@@ -130,3 +130,12 @@ def test_python_m_jaxlmm_datasets():
     assert proc.returncode == 0, proc.stderr
     names = [ln.split()[0] for ln in proc.stdout.splitlines()]
     assert "sleepstudy" in names and "Penicillin" in names
+
+
+def test_fit_anova_wald_confint_and_lme4_layout(capsys):
+    rc, out, err = run(capsys, "fit", FORMULA, "--data", "sleepstudy", "--ddf", "lme4",
+                       "--anova", "--confint", "Wald")
+    assert rc == 0, err
+    assert out.startswith("Linear mixed model fit by REML ['lmerMod']")
+    assert "Type III Analysis of Variance Table with Satterthwaite's method" in out
+    assert "Confidence intervals (Wald):" in out and "97.5 %" in out

@@ -152,10 +152,20 @@ def _cmd_fit(args) -> int:
             out["ranef"] = m.ranef().to_dict(orient="records")
         print(json.dumps(_jsonable(out), indent=2, allow_nan=False))
     else:
-        sys.stdout.write(m.summary())
+        sys.stdout.write(m.summary(ddf=args.ddf))
         if args.ranef:
             print()
             print(_ranef_table(m))
+        if args.anova:
+            tab = m.anova()
+            print()
+            print(tab.attrs.get("heading", "Analysis of Variance Table"))
+            print(tab.to_string(float_format=lambda v: f"{v:.6g}"))
+        if args.confint:
+            print()
+            ci = m.confint(method=args.confint)
+            print(f"Confidence intervals ({args.confint}):")
+            print(ci.to_string(float_format=lambda v: f"{v:.6g}"))
     if args.verbose:
         tm = getattr(m, "timings", {}) or {}
         parts = [f"read data {t1 - t0:.3f} s", f"fit {t2 - t1:.3f} s"]
@@ -202,6 +212,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print the fit as JSON")
     f.add_argument("--ranef", action="store_true",
                    help="also print the conditional modes of the random effects")
+    f.add_argument("--ddf", default="Satterthwaite", choices=["Satterthwaite", "lme4"],
+                   help="fixed-effects table: with Satterthwaite df and p-values "
+                        "(lmerTest's, default) or lme4's (no df)")
+    f.add_argument("--anova", action="store_true",
+                   help="also print the type III F tests of the fixed-effect terms")
+    f.add_argument("--confint", nargs="?", const="profile", default=None,
+                   choices=["profile", "Wald", "boot"], metavar="METHOD",
+                   help="also print confidence intervals: profile (default), Wald or boot")
     f.add_argument("--max-iter", type=int, default=200, metavar="N",
                    help="maximum optimizer iterations (default 200)")
     f.add_argument("--verbose", "-v", action="store_true",
