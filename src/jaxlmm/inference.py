@@ -3,7 +3,9 @@
 * "profile" (lme4's default): likelihood-profile intervals of the random-effect standard
   deviations and correlations, sigma and the fixed effects (profile.py);
 * "Wald": beta_j +- z_{(1+level)/2} se_j for the fixed effects (satterthwaite.py);
-* "boot": percentile intervals of a parametric bootstrap (bootstrap.py).
+* "boot": percentile (or ``boot_type="shortest"``) intervals of a parametric bootstrap
+  (bootstrap.py; ``nsim=1000``, ``seed=0`` and bootstrap()'s options), rows named as lme4's
+  (``.sig01``, ..., ``.sigma``, fixed effects).
 """
 
 from __future__ import annotations
@@ -38,10 +40,16 @@ def confint(m, parm=None, level: float = 0.95, method: str = "profile",
     else:
         from .bootstrap import bootstrap
 
+        from .satterthwaite import _percent_labels
+
         nsim = kwargs.pop("nsim", 1000)
         seed = kwargs.pop("seed", 0)
-        boot_method = kwargs.pop("boot_type", "percentile")
-        out = bootstrap(m, nsim, seed=seed, **kwargs).confint(level=level, method=boot_method)
+        boot_type = kwargs.pop("boot_type", "percentile")
+        ci = bootstrap(m, nsim, seed=seed, **kwargs).confint(level=level, method=boot_type)
+        a = (1.0 - float(level)) / 2.0
+        out = pd.DataFrame(ci[["lower", "upper"]].to_numpy(float),
+                           index=[".sigma" if i == "sigma" else str(i) for i in ci.index],
+                           columns=_percent_labels([a, 1.0 - a]))
     if parm is not None:
         names = [parm] if isinstance(parm, str) else list(parm)
         unknown = [p for p in names if p not in out.index]

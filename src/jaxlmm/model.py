@@ -390,6 +390,25 @@ class LinearMixedModel:
         return predict(self, newdata, re, allow_new_levels, interval=interval, level=level,
                        offset=offset)
 
+    # ------------------------------------------------------------------ simulation
+    def simulate(self, n: int = 1, seed=0, use_ranef: bool = False, **kwargs) -> np.ndarray:
+        """``n`` responses (n, nobs) simulated from the fitted model, as lme4's simulate():
+        y* = X beta + offset + Z b* + e, b* ~ N(0, sigma^2 Lambda Lambda') (or the
+        conditional modes with ``use_ranef=True``), e ~ N(0, sigma^2 / w). simulate.simulate.
+        """
+        from .simulate import simulate
+
+        return simulate(self, n, seed, use_ranef, **kwargs)
+
+    def bootstrap(self, n: int, seed=0, **kwargs):
+        """Parametric bootstrap: ``n`` simulated responses refitted in batches through one
+        compiled program (jax.vmap), as lme4's bootMer / MixedModels.jl's
+        parametricbootstrap. Returns a BootstrapResult (replicates table, statuses,
+        ``.confint(level, method="percentile" | "shortest")``). bootstrap.bootstrap."""
+        from .bootstrap import bootstrap
+
+        return bootstrap(self, n, seed, **kwargs)
+
     # ------------------------------------------------------------------ output
     def summary(self, ddf: str | None = "Satterthwaite") -> str:
         """Text summary laid out like lmerTest's summary(m) (fixed effects with
