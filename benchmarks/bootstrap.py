@@ -7,7 +7,9 @@ For each workload a model is fitted once and B parametric bootstrap replicates a
 and refitted (simulate at the estimates, refit with the same REML flag) by
 
 * ``jaxlmm``   ``jaxlmm.bootstrap.bootstrap(m, B, seed)``: every refit goes through
-  ``jax.vmap`` of one compiled simulate-and-fit program, in batches. The first call
+  ``jax.vmap`` of one compiled simulate-and-fit program, in batches (for crossed models on a
+  multi-core CPU the library's default is ``lax.map`` inside the program instead, recorded
+  as ``vectorize``). The first call
   (ahead-of-time compile + run) is timed apart from warm calls (the compiled program
   reused); JAX's persistent compilation cache is off in that process, so the compile is
   really paid;
@@ -127,6 +129,7 @@ def _worker_jaxlmm(spec, df):
     call = statistics.median(warm_call)
     cols = b.default_parm()
     return {**info, "n_fitted": B, "batch_size": first["batch_size"], "batches": first["batches"],
+            "vectorize": first.get("vectorize"),
             "first_call_s": first_call, "compile_s": first["compile_s"], "first_run_s": first["run_s"],
             "warm_call_s": warm_call, "warm_run_s": warm_run, "total_s": call,
             "per_replicate_s": call / B, "run_per_replicate_s": statistics.median(warm_run) / B,
@@ -382,6 +385,7 @@ def render_md(report: dict) -> str:
         j = res.get("jaxlmm", {})
         if j.get("status") == "ok":
             jc = frate(1 / j["per_replicate_s"]) + (" †" if j.get("cores") == 1 and w["cores_available"] > 1 else "")
+            jc += " (lax.map)" if j.get("vectorize") == "map" else ""
             comp = fs(j["compile_s"])
             incl = frate(j["n_fitted"] / j["first_call_s"])
         else:

@@ -44,14 +44,17 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
             raise ValueError(f"start must have {d.struct.n_theta} elements (lme4's theta "
                              f"order: {', '.join(d.info.theta_names)}), got shape "
                              f"{theta0.shape}")
-    res = fit_stats(suffstats(d), reml=reml, theta0=theta0, max_iter=max_iter, hessian=hessian)
+    stats = suffstats(d)
+    res = fit_stats(stats, reml=reml, theta0=theta0, max_iter=max_iter, hessian=hessian)
     res = _to_host(res)
     t2 = time.perf_counter()
-    return LinearMixedModel(d, res, reml, hessian, data_name,
-                            timings={"design": t1 - t0, "fit": t2 - t1},
-                            weights_name=weights if isinstance(weights, str) else None,
-                            offset_name=offset if isinstance(offset, str) else None,
-                            max_iter=max_iter)
+    m = LinearMixedModel(d, res, reml, hessian, data_name,
+                         timings={"design": t1 - t0, "fit": t2 - t1},
+                         weights_name=weights if isinstance(weights, str) else None,
+                         offset_name=offset if isinstance(offset, str) else None,
+                         max_iter=max_iter)
+    m.__dict__["stats"] = stats  # kept for refits, diagnostics and inference
+    return m
 
 
 def _to_host(tree):

@@ -147,7 +147,7 @@ def varpar_info(m) -> VarparInfo:
 
 def _compute(m) -> VarparInfo:
     varpar = np.concatenate([m.theta, [m.sigma]])
-    stats = suffstats(m.design)
+    stats = m.stats if hasattr(m, "stats") else suffstats(m.design)
     value, H, V, J = jax.device_get(varpar_derivatives(jnp.asarray(varpar), stats,
                                                        reml=bool(m.reml)))
     H = np.asarray(H, float)
