@@ -26,11 +26,9 @@ def confint(m, parm=None, level: float = 0.95, method: str = "profile",
         raise JaxlmmError(f"confint: method must be one of 'profile', 'Wald', 'boot', got "
                           f"{method!r}")
     if kind == "profile":
-        from .profile import profile_confint
-
         if kwargs:
             raise JaxlmmError(f"confint(method='profile'): unexpected options {sorted(kwargs)}")
-        return profile_confint(m, level=level, which=parm)
+        return m.profile().confint(level=level, which=parm)
     if kind == "wald":
         from .satterthwaite import wald_confint
 
@@ -40,7 +38,7 @@ def confint(m, parm=None, level: float = 0.95, method: str = "profile",
     else:
         from .bootstrap import bootstrap
 
-        from .satterthwaite import _percent_labels
+        from .summary import format_perc
 
         nsim = kwargs.pop("nsim", 1000)
         seed = kwargs.pop("seed", 0)
@@ -49,7 +47,7 @@ def confint(m, parm=None, level: float = 0.95, method: str = "profile",
         a = (1.0 - float(level)) / 2.0
         out = pd.DataFrame(ci[["lower", "upper"]].to_numpy(float),
                            index=[".sigma" if i == "sigma" else str(i) for i in ci.index],
-                           columns=_percent_labels([a, 1.0 - a]))
+                           columns=format_perc([a, 1.0 - a]))
     if parm is not None:
         names = [parm] if isinstance(parm, str) else list(parm)
         unknown = [p for p in names if p not in out.index]

@@ -359,6 +359,17 @@ class LinearMixedModel:
 
         return anova(self, type, ddf)
 
+    def profile(self):
+        """The likelihood profile of the sds, correlations, sigma and fixed effects (lme4's
+        profile(m)): ``.confint(level, which)``, ``.zeta(name, values)`` (the signed square
+        root of the deviance change), ``.deviance(params)``. Computed once per model;
+        profile.Profile."""
+        if "_profile" not in self.__dict__:
+            from .profile import Profile
+
+            self.__dict__["_profile"] = Profile(self)
+        return self.__dict__["_profile"]
+
     def confint(self, parm=None, level: float = 0.95, method: str = "profile",
                 **kwargs) -> pd.DataFrame:
         """Confidence intervals, as lme4's confint(m): ``method="profile"`` (default;

@@ -32,11 +32,9 @@ The JAX part (``devfun_vp``, ``covbeta``, ``varpar_derivatives``) is pure and ji
 from __future__ import annotations
 
 import difflib
-import math
 import warnings
 import weakref
 from collections.abc import Mapping
-from decimal import Decimal
 from functools import partial
 from typing import NamedTuple
 
@@ -54,6 +52,7 @@ from .errors import DataError
 from .pls import factorize, pieces
 from .solution import _unscale
 from .stats import Stats, suffstats
+from .summary import format_perc
 
 __all__ = ["devfun_vp", "covbeta", "varpar_derivatives", "VarparInfo", "varpar_info",
            "vcov_varpar", "coef_table", "contrast", "anova", "anova_hypotheses",
@@ -412,19 +411,6 @@ def wald_confint(m, level: float = 0.95) -> pd.DataFrame:
     z = sps.norm.ppf(1.0 - a)
     est = np.asarray(m.fixef.values, float)
     se = np.asarray(m.stderr.values, float)
-    cols = _percent_labels([a, 1.0 - a])
+    cols = format_perc([a, 1.0 - a])
     return pd.DataFrame({cols[0]: est - z * se, cols[1]: est + z * se},
                         index=pd.Index(list(m.frame.fixef_names)))
-
-
-def _percent_labels(probs, digits: int = 3):
-    """R's format(100 * probs, digits = 3) followed by " %": "2.5 %", "97.5 %"."""
-    vals = [100.0 * p for p in probs]
-    dec = 0
-    for v in vals:
-        if v == 0 or not math.isfinite(v):
-            continue
-        s = Decimal(f"{v:.{digits - 1}e}").normalize()
-        dec = max(dec, -s.as_tuple().exponent)
-    return [f"{v:.{dec}f} %" for v in vals]
-

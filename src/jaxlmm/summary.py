@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
-__all__ = ["format_summary", "format_number_vector", "abbreviate"]
+__all__ = ["format_summary", "format_number_vector", "abbreviate", "format_perc"]
 
 DIGITS = 4  # lme4: max(3, getOption("digits") - 3)
 MAX_CORR_P = 12  # lme4 prints the fixed-effects correlation only for p <= 12
@@ -71,6 +71,21 @@ def format_number_vector(values, digits: int = 7, nsmall: int = 0) -> list[str]:
             out.append(s)
     w = max((len(s) for s in out), default=0)
     return [s.rjust(w) for s in out]
+
+
+def format_perc(probs, digits: int = 3) -> list[str]:
+    """Column names as R's format(100 * probs, digits = 3) and " %" (lme4's format.perc)."""
+    vals = [100.0 * p for p in probs]
+
+    def decimals(v):
+        if v == 0:
+            return 0
+        d = max(0, digits - 1 - math.floor(math.log10(abs(v))))
+        s = f"{v:.{d}f}"
+        return len(s.split(".")[1].rstrip("0")) if "." in s else 0
+
+    d = max(decimals(v) for v in vals)
+    return [f"{v:.{d}f} %" for v in vals]
 
 
 def _zapsmall(x: np.ndarray, digits: int) -> np.ndarray:
