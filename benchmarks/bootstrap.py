@@ -6,10 +6,10 @@
 For each workload a model is fitted once and B parametric bootstrap replicates are drawn
 and refitted (simulate at the estimates, refit with the same REML flag) by
 
-* ``jaxlmm``   ``jaxlmm.bootstrap.bootstrap(m, B, seed)``: every refit goes through
-  ``jax.vmap`` of one compiled simulate-and-fit program, in batches (for crossed models on a
-  multi-core CPU the library's default is ``lax.map`` inside the program instead, recorded
-  as ``vectorize``). The first call
+* ``jaxlmm``   ``jaxlmm.bootstrap.bootstrap(m, B, seed)`` with the library's default: every
+  refit runs inside one compiled simulate-and-fit program, in batches, batched by
+  ``jax.vmap`` on accelerators and by ``lax.map`` (one after another) on the CPU, where that
+  is faster (recorded as ``vectorize``); ``jaxlmm-vmap`` forces ``jax.vmap``. The first call
   (ahead-of-time compile + run) is timed apart from warm calls (the compiled program
   reused); JAX's persistent compilation cache is off in that process, so the compile is
   really paid;
@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 import responses as RS  # noqa: E402  (workload generators, process runner with stall guard)
 
 WORKLOADS = ["sleepstudy", "slopes", "crossed"]
-METHODS = ["jaxlmm", "lme4", "mixedlm", "mixedmodels-jl"]
+METHODS = ["jaxlmm", "jaxlmm-vmap", "lme4", "mixedlm", "mixedmodels-jl"]
 Z_FLAG = 4.0  # |z| of a bootstrap-SD ratio beyond which the report flags a disagreement
 
 
@@ -114,14 +114,16 @@ def _worker_jaxlmm(spec, df):
     m = jaxlmm.fit(spec["formula"], df, reml=spec["reml"])
     B, seed = spec["B"], spec["seed"]
     t = time.perf_counter()
-    b = bootstrap(m, B, seed=seed, batch_size=spec.get("batch_size"), warn=False)
+    vec = spec.get("vectorize")
+    b = bootstrap(m, B, seed=seed, batch_size=spec.get("batch_size"), vectorize=vec, warn=False)
     first_call = time.perf_counter() - t
     first = dict(b.timings)
     warm_call, warm_run, maxdiff = [], [], 0.0
     while len(warm_call) < spec["reps"] or (sum(warm_call) < spec["min_total"]
                                             and len(warm_call) < spec["max_reps"]):
         t = time.perf_counter()
-        b2 = bootstrap(m, B, seed=seed, batch_size=spec.get("batch_size"), warn=False)
+        b2 = bootstrap(m, B, seed=seed, batch_size=spec.get("batch_size"), vectorize=vec,
+                       warn=False)
         warm_call.append(time.perf_counter() - t)
         warm_run.append(b2.timings["run_s"])
         d = np.abs(b2.replicates.to_numpy() - b.replicates.to_numpy())
@@ -168,7 +170,7 @@ def _worker_mixedlm(spec, df):
             "per_replicate_s": total / n, "n_failed": failed, "summaries": _summaries(table)}
 
 
-WORKERS = {"jaxlmm": _worker_jaxlmm, "mixedlm": _worker_mixedlm}
+WORKERS = {"jaxlmm": _worker_jaxlmm, "jaxlmm-vmap": _worker_jaxlmm, "mixedlm": _worker_mixedlm}
 
 
 def worker_main(spec_path: str, out_path: str) -> int:
@@ -199,11 +201,12 @@ def run_python(method, wl, pkl, args, tmp, pin_cpu=None):
     spec = {"method": method, "formula": wl["formula"], "reml": wl["reml"], "data": str(pkl),
             "B": args.B, "seed": args.seed, "batch_size": args.batch_size, "reps": args.reps,
             "min_total": args.min_total, "max_reps": args.max_reps, "chunk": args.mixedlm_chunk,
-            "budget": args.mixedlm_budget}
+            "budget": args.mixedlm_budget,
+            "vectorize": "vmap" if method == "jaxlmm-vmap" else None}
     tag = f"{wl['name']}.{method}.{time.monotonic_ns()}"
     spec_path, out_path = tmp / f"{tag}.spec.json", tmp / f"{tag}.out.json"
     spec_path.write_text(json.dumps(spec))
-    stall = args.stall_s if method == "jaxlmm" else 0.0
+    stall = args.stall_s if method.startswith("jaxlmm") else 0.0
     status, out, wall, other = RS.run_proc([sys.executable, str(Path(__file__).resolve()), "--worker",
                                             str(spec_path), str(out_path)], args.timeout,
                                            H.child_env(), stall, pin_cpu)
@@ -302,7 +305,7 @@ def bench_workload(wl, args, tmp, rinfo, jinfo) -> dict:
             r = run_lme4(info, csv, args, wdir, rinfo)
             r["cores"] = ncores
         else:
-            pin = first_cpu if (method == "jaxlmm" and args.jax_cores == "1") else None
+            pin = first_cpu if (method.startswith("jaxlmm") and args.jax_cores == "1") else None
             log(f"    {method} ... (load average {load1:.2f})")
             r = run_python(method, info, pkl, args, wdir, pin_cpu=pin)
             r["cores"] = 1 if pin is not None else ncores
@@ -377,9 +380,9 @@ def render_md(report: dict) -> str:
     wls = report["workloads"]
     L.append("## Summary: replicates per second (ratio vs jaxlmm)")
     L.append("")
-    L.append("| workload | rows | B | jaxlmm (warm) | jaxlmm compile | jaxlmm incl. compile | lme4 bootMer | "
-             "mixedlm bootMer | MixedModels.jl |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.append("| workload | rows | B | jaxlmm (warm) | jaxlmm compile | jaxlmm incl. compile | jaxlmm vmap | "
+             "lme4 bootMer | mixedlm bootMer | MixedModels.jl |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for w in wls:
         res = w["results"]
         j = res.get("jaxlmm", {})
@@ -391,7 +394,7 @@ def render_md(report: dict) -> str:
         else:
             jc, comp, incl = j.get("status", "—"), "—", "—"
         cells = []
-        for mm in ("lme4", "mixedlm"):
+        for mm in ("jaxlmm-vmap", "lme4", "mixedlm"):
             rr = res.get(mm, {})
             if rr.get("status") == "ok":
                 c = frate(1 / rr["per_replicate_s"])

@@ -400,3 +400,14 @@ def test_crossed_bootstrap_runs_sequentially_on_cpu():
         r = b.replicates.iloc[i]
         assert r["objective"] == pytest.approx(f.objective, abs=1e-8)
         assert r["sigma"] == pytest.approx(f.sigma, rel=1e-6)
+
+
+def test_vmap_and_map_agree(sleep_model):
+    """The same replicates batched by jax.vmap and run one after another by lax.map (the CPU
+    default): the same responses, fits equal to the optimizer's tolerance."""
+    bv = bootstrap(sleep_model, 12, seed=5, batch_size=6, vectorize="vmap", warn=False)
+    bm = bootstrap(sleep_model, 12, seed=5, batch_size=6, vectorize="map", warn=False)
+    assert bv.timings["vectorize"] == "vmap" and bm.timings["vectorize"] == "map"
+    assert_same_fits(bv, bm)
+    with pytest.raises(DataError, match="vectorize"):
+        bootstrap(sleep_model, 2, vectorize="pmap")

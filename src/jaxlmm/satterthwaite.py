@@ -26,7 +26,7 @@ Singular fits get no special treatment, as in lmerTest: the Hessian is taken at 
 the boundary (d is smooth there; a scalar theta enters through theta^2).
 
 The JAX part (``devfun_vp``, ``covbeta``, ``varpar_derivatives``) is pure and jitted with
-``reml`` static; the tables are numpy/scipy on the host. See docs/inference_satterthwaite.md.
+``reml`` static; the tables are numpy/scipy on the host. See docs/inference.md.
 """
 
 from __future__ import annotations
