@@ -548,18 +548,7 @@ def parse_args(argv=None):
     defaults = {"B": (1000, 100), "lme4_budget": (60.0, 10.0), "mixedlm_budget": (30.0, 5.0),
                 "slope_groups": (1000, 100), "crossed_users": (300, 60), "crossed_items": (50, 20),
                 "crossed_rows": (5000, 1000)}
-    for k, (full, quick) in defaults.items():
-        if getattr(a, k) is None:
-            setattr(a, k, quick if a.quick else full)
-    a.only = [x.strip() for x in a.only.split(",") if x.strip()]
-    a.methods = [x.strip() for x in a.methods.split(",") if x.strip()]
-    for lst, allowed in ((a.only, WORKLOADS), (a.methods, METHODS)):
-        bad = set(lst) - set(allowed)
-        if bad:
-            p.error(f"unknown {sorted(bad)}; choose from {allowed}")
-    a.only = [w for w in WORKLOADS if w in a.only]
-    a.methods = [m for m in METHODS if m in a.methods]
-    return a
+    return RS.finish_args(p, a, defaults, WORKLOADS, METHODS)
 
 
 def main(argv=None) -> int:

@@ -1030,26 +1030,31 @@ def parse_args(argv=None):
                    help="keep every response's criterion, fixef and theta in the JSON (large)")
     p.add_argument("--render", metavar="JSON", default=None, help="only re-render JSON to the matching .md")
     a = p.parse_args(argv)
-    q = a.quick
     defaults = {"B": (1000, 50), "subset": (100, 10), "sm_subset": (20, 5), "budget": (20.0, 5.0),
                 "lme4_budget": (30.0, 10.0), "lmer_budget": (15.0, 5.0), "slope_groups": (500, 100), "crossed_users": (300, 60),
                 "crossed_items": (50, 20), "crossed_rows": (5000, 1000)}
-    for k, (full, quick) in defaults.items():
-        if getattr(a, k) is None:
-            setattr(a, k, quick if q else full)
+    finish_args(p, a, defaults, WORKLOADS, METHODS)
     if a.lme4_subset is None:
         a.lme4_subset = a.B
     if a.lmer_subset is None:
         a.lmer_subset = a.B
+    return a
+
+
+def finish_args(p, a, defaults, workloads, methods):
+    """Fill the options left at None with their (full, quick) defaults, split ``--only`` and
+    ``--methods`` into lists (checked against the allowed names, in their canonical order)."""
+    for k, (full, quick) in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, quick if a.quick else full)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
     a.methods = [x.strip() for x in a.methods.split(",") if x.strip()]
-    for lst, allowed in ((a.only, WORKLOADS), (a.methods, METHODS)):
+    for lst, allowed in ((a.only, workloads), (a.methods, methods)):
         bad = set(lst) - set(allowed)
         if bad:
             p.error(f"unknown {sorted(bad)}; choose from {allowed}")
-    # keep the canonical order
-    a.only = [w for w in WORKLOADS if w in a.only]
-    a.methods = [m for m in METHODS if m in a.methods]
+    a.only = [w for w in workloads if w in a.only]
+    a.methods = [m for m in methods if m in a.methods]
     return a
 
 
