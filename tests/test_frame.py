@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jaxlmm
 from jaxlmm.frame import ModelFrame, model_frame, group_codes
 from jaxlmm.errors import DataError, FormulaError
 
@@ -415,3 +416,22 @@ def test_plain_columns_fast_path_matches_formulaic(formula, monkeypatch):
         np.testing.assert_array_equal(a.Z, b.Z)
     new = df.iloc[:5]
     np.testing.assert_array_equal(fast.fixed_spec.matrix(new), ref.fixed_spec.matrix(new))
+
+
+def test_r_power_inside_calls_is_arithmetic(sleepstudy):
+    """I(x^2) is R's arithmetic power (Python would read ^ as xor); lme4 1.1-31 gives
+    fixef 255.449372777778, 7.434085012626, 0.337022327441 and REML criterion
+    1785.79527203 for this model."""
+    m = jaxlmm.fit("Reaction ~ Days + I(Days^2) + (1 | Subject)", sleepstudy)
+    assert list(m.fixef.index) == ["(Intercept)", "Days", "I(Days^2)"]
+    np.testing.assert_allclose(m.fixef.values, [255.449372777778, 7.434085012626,
+                                                0.337022327441], rtol=1e-9)
+    assert abs(m.objective - 1785.79527203) < 1e-6
+    # the same model with the square precomputed
+    m2 = jaxlmm.fit("Reaction ~ Days + D2 + (1 | Subject)",
+                    sleepstudy.assign(D2=sleepstudy["Days"] ** 2))
+    np.testing.assert_allclose(m.fixef.values, m2.fixef.values, rtol=1e-10)
+    # outside a call, ^ is still the formula's interaction power
+    m3 = jaxlmm.fit("Reaction ~ (Days + x)^2 + (1 | Subject)",
+                    sleepstudy.assign(x=np.arange(180) % 7))
+    assert "Days:x" in m3.fixef.index

@@ -718,6 +718,25 @@ def _plain_terms(expr: str, prepared: pd.DataFrame):
     return tuple(cols), intercept
 
 
+def _python_powers(expr: str) -> str:
+    """R's arithmetic ``^`` inside function calls (``I(x^2)``, ``log(x^2)``) as Python's
+    ``**``; a ``^`` outside calls stays the formula operator (``(a + b)^2``: interactions)."""
+    toks = tokenize(expr)
+    stack, cuts = [], []
+    for k, t in enumerate(toks):
+        if t.kind != "op":
+            continue
+        if t.text == "(":
+            stack.append(k > 0 and toks[k - 1].kind in ("name", "bq"))
+        elif t.text == ")" and stack:
+            stack.pop()
+        elif t.text == "^" and any(stack):
+            cuts.append(t)
+    for t in reversed(cuts):
+        expr = expr[:t.start] + "**" + expr[t.end:]
+    return expr
+
+
 def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, where: str):
     """formulaic model matrix of ``expr`` with R-style names; returns (M, names, MatrixSpec)."""
     from formulaic import model_matrix
@@ -732,6 +751,7 @@ def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, wher
         prepared = prepared.frame()
     ordered = tuple(c for c in prepared.columns if _is_ordered(prepared[c]))
     data, ctx = _formulaic_inputs(prepared, ordered)
+    expr = _python_powers(expr)
     key = _spec_key(expr, prepared)
     try:
         with np.errstate(all="ignore"):
@@ -791,6 +811,8 @@ def _r_name(col: str, spec, columns) -> str:
         else:
             if part in cols:
                 part = quote_name(part)
+        if part.startswith("I("):  # R deparses powers without spaces: I(x^2)
+            part = part.replace(" ** ", "^")
         out.append(part)
     return ":".join(out)
 
