@@ -291,3 +291,13 @@ def test_shrinkage_plot_from_model(sleep, penicillin):
     ax = shrinkage_plot(penicillin, group="sample").axes[0]
     assert len(arrows(ax)) == 6 and len(ytick_texts(ax)) == 6
     assert ax.get_title() == "Shrinkage: sample"
+
+
+def test_model_methods_draw_the_same_plots(tmp_path):
+    m = jaxlmm.fit("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy"))
+    fig = m.shrinkage_plot(path=tmp_path / "s.svg")
+    arrows = [p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 18 and (tmp_path / "s.svg").stat().st_size > 0
+    fig2 = m.caterpillar_plot(level=0.9)
+    assert len(fig2.axes) == 2
+    plt.close("all")

@@ -20,6 +20,7 @@ from .engine import FitResult, fit_stats, objective, solve  # noqa: E402
 from .errors import DataError, FormulaError, JaxlmmError  # noqa: E402
 from .formula import parse_formula  # noqa: E402
 from .frame import ModelFrame, model_frame  # noqa: E402
+from .joint import joint_logdensity, joint_logdensity_u  # noqa: E402
 from .compare import anova  # noqa: E402
 from .model import LinearMixedModel, fit  # noqa: E402
 from .modeldesign import Design, design, design_from_arrays  # noqa: E402
@@ -40,6 +41,8 @@ __all__ = [
     "Stats",
     "objective",
     "solve",
+    "joint_logdensity",
+    "joint_logdensity_u",
     "Solution",
     "fit_stats",
     "FitResult",

@@ -317,6 +317,29 @@ class LinearMixedModel:
                 frames.append(pd.DataFrame(d))
         return pd.concat(frames, ignore_index=True)
 
+    def shrinkage(self, group: str | None = None) -> pd.DataFrame:
+        """No, complete and partial pooling per grouping factor, level and random-effect
+        column, with the shrinkage factor diag(S_j) (b_hat_j = S_j b_np_j); rows ordered as
+        ``ranef()``, ``group`` keeps one factor. shrinkage.shrinkage."""
+        from .shrinkage import shrinkage
+
+        return shrinkage(self, group)
+
+    def shrinkage_plot(self, group: str | None = None, terms=None, **kwargs):
+        """No-pooling -> partial-pooling arrows per level (2-D for two terms, as
+        MixedModelsMakie's shrinkageplot), population and complete pooling marked; a
+        matplotlib Figure (``path=`` saves PNG/SVG). plots.shrinkage_plot."""
+        from .plots import shrinkage_plot
+
+        return shrinkage_plot(self, group=group, terms=terms, **kwargs)
+
+    def caterpillar_plot(self, group: str | None = None, level: float = 0.95, **kwargs):
+        """Sorted conditional modes with +- z conditional-sd intervals per grouping factor,
+        as lme4's dotplot(ranef(m, condVar = TRUE)). plots.caterpillar_plot."""
+        from .plots import caterpillar_plot
+
+        return caterpillar_plot(self, group=group, level=level, **kwargs)
+
     def fitted(self) -> np.ndarray:
         """X beta + Z b (+ offset) for the rows used in the fit."""
         d = self.frame
