@@ -373,7 +373,7 @@ def main(small: bool = False, seed: int = 7) -> dict:
     return dict(sizes=sizes, population=fe, pooled=pooled, shrinkage=shrink,
                 identifiability=ident, mse=mse, status_counts=status, replicates=n_reps,
                 per_class=per_class, compile_seconds=t1 - t0, run_seconds=t2 - t1,
-                vectorize=vectorize)
+                vectorize=vectorize, model=m)
 
 
 # ------------------------------------------------------------------ optional figures
@@ -414,6 +414,12 @@ def figures(out_dir, results: dict | None = None) -> list:
     paths.append(out / "shrinkage_scatter.png")
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
+
+    m = r["model"]  # the library's own plots of the fitted classroom model
+    for name, draw in (("classroom_shrinkage.png", m.shrinkage_plot),
+                       ("classroom_caterpillar.png", m.caterpillar_plot)):
+        paths.append(out / name)
+        plt.close(draw(path=paths[-1]))
 
     mse = r["mse"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
