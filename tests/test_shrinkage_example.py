@@ -122,4 +122,4 @@ def test_classrooms_generator():
 def test_figures(small, tmp_path):
     pytest.importorskip("matplotlib")
     paths = ex.figures(tmp_path, small)
-    assert len(paths) == 2 and all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    assert len(paths) == 4 and all(p.exists() and p.stat().st_size > 1000 for p in paths)
