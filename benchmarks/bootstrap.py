@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -174,20 +173,12 @@ WORKERS = {"jaxlmm": _worker_jaxlmm, "jaxlmm-vmap": _worker_jaxlmm, "mixedlm": _
 
 
 def worker_main(spec_path: str, out_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    result = {"method": spec["method"]}
-    try:
+    def body(spec):
         import pandas as pd
 
-        df = pd.read_pickle(spec["data"])
-        result.update(WORKERS[spec["method"]](spec, df))
-        result["status"] = "ok"
-    except Exception as exc:  # report, never crash the benchmark
-        result["status"] = "error"
-        result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        result["traceback"] = traceback.format_exc()[-4000:]
-    Path(out_path).write_text(json.dumps(result))
-    return 0
+        return WORKERS[spec["method"]](spec, pd.read_pickle(spec["data"]))
+
+    return RS.run_worker(spec_path, out_path, body)
 
 
 # ==========================================================================
@@ -342,7 +333,6 @@ def bench_workload(wl, args, tmp, rinfo, jinfo) -> dict:
 
 def render_md(report: dict) -> str:
     fs, frate, fratio = RS.fs, RS.frate, RS.fratio
-    m = report["machine"]
     s = report["settings"]
     L = ["# jaxlmm benchmark: parametric bootstrap", ""]
     L.append(f"Generated {report['started']} by `{report['command']}` "
@@ -353,29 +343,7 @@ def render_md(report: dict) -> str:
              "Ratio = the tool's time per replicate / jaxlmm's warm time per replicate: **> 1 means jaxlmm is "
              "faster**.")
     L.append("")
-    L.append("## Machine")
-    L.append("")
-    L.append(f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores ({m.get('cpu_affinity')} usable)"
-             + (f", {m['mem_total_gib']:.0f} GiB RAM" if m.get("mem_total_gib") else ""))
-    L.append(f"- OS: {m['platform']}; Python {m['python']}")
-    jx = m.get("jax", {})
-    if "backend" in jx:
-        L.append(f"- JAX {m['packages'].get('jax')} (jaxlib {m['packages'].get('jaxlib')}): backend "
-                 f"`{jx['backend']}`, devices {', '.join(jx['devices'])}"
-                 + ("  ← **jaxlmm ran on the accelerator**; the peers are CPU-only" if jx["backend"] != "cpu" else ""))
-    r = report.get("r", {})
-    L.append(f"- {r['r_version']}; lme4 {r['lme4']}, Matrix {r['Matrix']}" if r.get("available")
-             else f"- lme4: not run ({r.get('reason')})")
-    L.append(f"- MixedModels.jl: {report['julia']['reason']}")
-    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v))
-    L.append(f"- 1-minute load average: {m['loadavg_start']:.2f} at start, {m.get('loadavg_end', float('nan')):.2f} at end")
-    g = report.get("git") or {}
-    if g.get("commit"):
-        L.append(f"- jaxlmm source: commit {g['commit']}"
-                 + (f" with uncommitted changes in {', '.join(g['src_dirty'])}" if g.get("src_dirty") else ""))
-    if report.get("jaxlmm_source_digest_start") != report.get("jaxlmm_source_digest_end"):
-        L.append("- **Warning: jaxlmm's source files changed during this run**.")
-    L.append("")
+    L += RS.machine_lines(report, extra=[f"- MixedModels.jl: {report['julia']['reason']}"])
 
     wls = report["workloads"]
     L.append("## Summary: replicates per second (ratio vs jaxlmm)")

@@ -398,16 +398,13 @@ WORKERS = {
 }
 
 
-def worker_main(spec_path: str, out_path: str) -> int:
+def run_worker(spec_path: str, out_path: str, body) -> int:
+    """Worker-process entry: ``body(spec)`` -> result dict, written as JSON with a status;
+    an exception is reported in the result, never raised."""
     spec = json.loads(Path(spec_path).read_text())
     result = {"method": spec["method"]}
     try:
-        import numpy as np
-        import pandas as pd
-
-        df = pd.read_pickle(spec["data"])
-        Y = np.load(spec["Y"])
-        result.update(WORKERS[spec["method"]](spec, df, Y))
+        result.update(body(spec))
         result["status"] = "ok"
     except Exception as exc:  # report, never crash the benchmark
         result["status"] = "error"
@@ -415,6 +412,16 @@ def worker_main(spec_path: str, out_path: str) -> int:
         result["traceback"] = traceback.format_exc()[-4000:]
     Path(out_path).write_text(json.dumps(result))
     return 0
+
+
+def worker_main(spec_path: str, out_path: str) -> int:
+    def body(spec):
+        import numpy as np
+        import pandas as pd
+
+        return WORKERS[spec["method"]](spec, pd.read_pickle(spec["data"]), np.load(spec["Y"]))
+
+    return run_worker(spec_path, out_path, body)
 
 
 # ==========================================================================
@@ -751,8 +758,43 @@ def agreement_cell(a):
     return s
 
 
-def render_md(report: dict) -> str:
+def machine_lines(report: dict, extra: list | None = None) -> list:
+    """The "## Machine" section of a report: CPU, OS, JAX backend, lme4, package versions,
+    load, jaxlmm commit (``extra``: more bullet lines after lme4's)."""
     m = report["machine"]
+    L = ["## Machine", ""]
+    aff = m.get("cpu_affinity")
+    L.append(f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores ({aff} usable by this process)"
+             + (f", {m['mem_total_gib']:.0f} GiB RAM" if m.get("mem_total_gib") else ""))
+    L.append(f"- OS: {m['platform']}; Python {m['python']}")
+    jx = m.get("jax", {})
+    if "backend" in jx:
+        L.append(f"- JAX {m['packages'].get('jax')} (jaxlib {m['packages'].get('jaxlib')}): backend "
+                 f"`{jx['backend']}`, devices {', '.join(jx['devices'])}"
+                 + ("  ← **jaxlmm ran on the accelerator**; the peers are CPU-only" if jx["backend"] != "cpu" else ""))
+    else:
+        L.append(f"- JAX: could not query devices ({jx.get('error', '?')[:200]})")
+    r = report.get("r", {})
+    if r.get("available"):
+        L.append(f"- {r['r_version']}; lme4 {r['lme4']}, Matrix {r['Matrix']}"
+                 + (f"; BLAS/LAPACK: {r['blas']}" if r.get("blas") else ""))
+    else:
+        L.append(f"- lme4: not run ({r.get('reason')})")
+    L += list(extra or [])
+    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v))
+    L.append(f"- 1-minute load average: {m['loadavg_start']:.2f} at start, {m.get('loadavg_end', float('nan')):.2f} at end")
+    g = report.get("git") or {}
+    if g.get("commit"):
+        L.append(f"- jaxlmm source: commit {g['commit']}"
+                 + (f" with uncommitted changes in {', '.join(g['src_dirty'])}" if g.get("src_dirty") else "")
+                 + f" (digest {report.get('jaxlmm_source_digest_start')})")
+    if report.get("jaxlmm_source_digest_start") != report.get("jaxlmm_source_digest_end"):
+        L.append("- **Warning: jaxlmm's source files changed during this run**; jaxlmm results may mix versions.")
+    L.append("")
+    return L
+
+
+def render_md(report: dict) -> str:
     L = ["# jaxlmm benchmark: fitting many responses that share one design", ""]
     L.append(f"Generated {report['started']} by `{report['command']}` "
              f"({'quick' if report['quick'] else 'full'} sizes; total wall time {report.get('total_wall_s', 0):.0f} s).")
@@ -762,36 +804,7 @@ def render_md(report: dict) -> str:
              "its load. Ratio = the method's time per response / jaxlmm's (vmap or loop) time per response: "
              "**> 1 means jaxlmm is faster**.")
     L.append("")
-    L.append("## Machine")
-    L.append("")
-    aff = m.get("cpu_affinity")
-    L.append(f"- CPU: {m['cpu_model']}, {m['cpu_count']} logical cores ({aff} usable by this process)"
-             + (f", {m['mem_total_gib']:.0f} GiB RAM" if m.get("mem_total_gib") else ""))
-    L.append(f"- OS: {m['platform']}; Python {m['python']}")
-    jx = m.get("jax", {})
-    if "backend" in jx:
-        L.append(f"- JAX {m['packages'].get('jax')} (jaxlib {m['packages'].get('jaxlib')}): backend "
-                 f"`{jx['backend']}`, devices {', '.join(jx['devices'])}"
-                 + ("  ← **jaxlmm rows ran on the accelerator**; the peers are CPU-only" if jx["backend"] != "cpu" else ""))
-    else:
-        L.append(f"- JAX: could not query devices ({jx.get('error', '?')[:200]})")
-    r = report.get("r", {})
-    if r.get("available"):
-        L.append(f"- {r['r_version']}; lme4 {r['lme4']}, Matrix {r['Matrix']}; BLAS/LAPACK: {r['blas']}")
-    else:
-        L.append(f"- lme4: not run ({r.get('reason')})")
-    pk = m["packages"]
-    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in pk.items() if v))
-    L.append(f"- 1-minute load average: {m['loadavg_start']:.2f} at start, {m.get('loadavg_end', float('nan')):.2f} at end")
-    g = report.get("git") or {}
-    if g.get("commit"):
-        L.append(f"- jaxlmm source: commit {g['commit']}"
-                 + (f" with uncommitted changes in {', '.join(g['src_dirty'])}" if g.get("src_dirty") else "")
-                 + f" (digest {report.get('jaxlmm_source_digest_start')})")
-    if report.get("jaxlmm_source_digest_start") != report.get("jaxlmm_source_digest_end"):
-        L.append("- **Warning: jaxlmm's source files changed during this run**; jaxlmm rows may mix versions.")
-    L.append("")
-
+    L += machine_lines(report)
     wls = report["workloads"]
     L.append("## Summary: responses per second (ratio vs jaxlmm vmap)")
     L.append("")
