@@ -124,6 +124,7 @@ jax.tree_util.register_dataclass(
 def from_frame(frame: ModelFrame) -> Design:
     """The design of a model frame: factors ordered for the blocked Cholesky (layout.py)
     and the index lists of its block pattern (pattern.py)."""
+    _check_response_varies(frame)
     factors = layout.amalgamate(frame.terms)
     elim, nchain = layout.order_factors(factors)
     entries = layout.theta_layout(frame.terms, factors, elim)
@@ -137,6 +138,31 @@ def from_frame(frame: ModelFrame) -> Design:
                   codes=tuple(f.codes for f in facs), weights=frame.weights,
                   offset=frame.offset, pattern=pattern, struct=struct,
                   info=DesignInfo(frame, facs, nchain, entries))
+
+
+def _check_response_varies(frame: ModelFrame) -> None:
+    """Reject a response that the fixed effects fit exactly (e.g. a constant y with an
+    intercept): the residual sum of squares ||W^(1/2) (y - o - X beta_hat)||^2 is then 0 for
+    every theta, so the profiled criterion is -inf and sigma 0 (lme4 returns that degenerate
+    fit with convergence warnings)."""
+    y = frame.y if frame.offset is None else frame.y - frame.offset
+    X = frame.X
+    if frame.weights is not None:
+        sw = np.sqrt(frame.weights)
+        y, X = y * sw, X * sw[:, None]
+    if X.shape[1] == 0:
+        r = y
+    else:  # coefficients from a subset of rows (exact on all rows if the fit is exact),
+        # checked on all rows: O(n p) instead of a least-squares solve on every row
+        n = y.shape[0]
+        sub = np.unique(np.linspace(0, n - 1, min(n, max(20_000, 4 * X.shape[1]))).astype(int))
+        r = y - X @ np.linalg.lstsq(X[sub], y[sub], rcond=None)[0]
+    if np.linalg.norm(r) <= 1e-10 * np.linalg.norm(y):
+        what = (f"is constant (every value is {frame.y[0]:g})" if np.ptp(frame.y) == 0
+                else "is fitted exactly by the fixed effects (zero residuals)")
+        raise DataError(f"response {frame.response!r} {what}, so there is no variation left "
+                        "for the random effects or the residual (sigma would be 0); check the "
+                        "response column, or drop fixed-effects terms that reproduce it")
 
 
 def design(formula: str, data, *, weights=None, offset=None) -> Design:

@@ -1,0 +1,224 @@
+"""Awkward inputs end in a correct fit, a fit with a clear message, or a clear error.
+
+Already covered elsewhere (not repeated here):
+
+* test_frame.py::test_dict_input, ::test_group_codes_and_levels (string, integer, float,
+  boolean, categorical with unused categories, pandas string grouping columns),
+  ::test_levels_absent_after_na_are_removed, ::test_missing_values_dropped (NA in the
+  response, a factor and the grouping column: rows dropped with a message, as na.omit),
+  ::test_quoted_names_and_index_free_positions (backtick-quoted names with spaces);
+* test_frame.py::test_infinite_values (inf in the response / predictors: error naming the
+  column and the rows), ::test_too_many_levels (levels >= observations, a grouping factor
+  with one level, i.e. all observations in one group, as lme4's errors),
+  ::test_rank_deficient_columns_dropped (collinear fixed effects dropped with a message
+  naming the columns), ::test_constant_response_is_fine (the model frame accepts it);
+* test_formula.py::test_errors_point_at_culprit (unbalanced parentheses, ``( | g)``, a
+  grouping expression that is not a column name: the message quotes the formula and a caret
+  points at the term), test_frame.py::test_unknown_function_is_formula_error.
+
+Here: the same inputs through ``jaxlmm.fit`` (equal to a clean fit), scale equivariance,
+a constant / exactly fitted response, groups of size one, a single-level fixed factor, a
+random slope constant within every group, and errors raised before any JAX work.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from jaxlmm.errors import DataError, FormulaError
+
+F = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def ss():
+    return jaxlmm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def ref(ss):
+    return jaxlmm.fit(F, ss)
+
+
+def same_fit(m, ref, rtol=1e-7):
+    assert m.frame.fixef_names == ref.frame.fixef_names
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=rtol, atol=1e-8)
+    np.testing.assert_allclose(m.fixef.values, ref.fixef.values, rtol=rtol)
+    np.testing.assert_allclose(m.sigma, ref.sigma, rtol=rtol)
+    assert abs(m.objective - ref.objective) < 1e-7
+
+
+# --------------------------------------------------------------------------
+# data containers and grouping-column types give the same fit
+# --------------------------------------------------------------------------
+
+
+def test_dict_of_numpy_arrays(ss, ref):
+    data = {"Reaction": ss.Reaction.to_numpy(), "Days": ss.Days.to_numpy(),
+            "Subject": ss.Subject.astype(str).to_numpy()}
+    m = jaxlmm.fit(F, data)
+    same_fit(m, ref)
+    assert m.messages == []
+
+
+def test_polars_frame(ss, ref):
+    pl = pytest.importorskip("polars")
+    m = jaxlmm.fit(F, pl.from_pandas(ss.assign(Subject=ss.Subject.astype(str))))
+    same_fit(m, ref)
+
+
+@pytest.mark.parametrize("kind", ["string", "object", "int", "categorical_unused", "pd_string"])
+def test_grouping_column_types(ss, ref, kind):
+    s = ss.Subject.astype(str)
+    g = {
+        "string": s.to_numpy(dtype=str),
+        "object": s.astype(object),
+        "int": s.astype(int),  # subject ids 308..372
+        # unused categories are dropped, as lme4 drops unused levels
+        "categorical_unused": pd.Categorical(s, categories=["999"] + sorted(set(s)) + ["zz"]),
+        "pd_string": pd.array(s, dtype="string"),
+    }[kind]
+    m = jaxlmm.fit(F, ss.assign(Subject=g))
+    same_fit(m, ref)
+    assert len(m.frame.terms[0].levels) == 18 and "999" not in m.frame.terms[0].levels
+
+
+def test_boolean_grouping_column(ss):
+    b = ss.Days.to_numpy() % 2 == 0
+    m = jaxlmm.fit("Reaction ~ Days + (1 | b)", ss.assign(b=b))
+    m2 = jaxlmm.fit("Reaction ~ Days + (1 | b)", ss.assign(b=np.where(b, "TRUE", "FALSE")))
+    assert m.frame.terms[0].levels == ("FALSE", "TRUE")
+    same_fit(m, m2)
+
+
+def test_grouping_column_with_missing_values(ss):
+    g = ss.Subject.astype(object).copy()
+    g[[3, 50, 177]] = None
+    m = jaxlmm.fit(F, ss.assign(Subject=g))
+    assert m.messages == ["3 rows with missing values dropped"]
+    clean = jaxlmm.fit(F, ss.drop(index=[3, 50, 177]))
+    same_fit(m, clean)
+    # nullable integer grouping column with <NA>
+    gi = pd.array(ss.Subject.astype(int), dtype="Int64")
+    gi[[3, 50, 177]] = pd.NA
+    same_fit(jaxlmm.fit(F, ss.assign(Subject=gi)), clean)
+
+
+def test_names_with_spaces_and_dots(ss, ref):
+    df = ss.rename(columns={"Reaction": "reaction time", "Days": "days.slept",
+                            "Subject": "sub ject"})
+    m = jaxlmm.fit("`reaction time` ~ days.slept + (days.slept | `sub ject`)", df)
+    assert m.frame.fixef_names == ("(Intercept)", "days.slept")
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=1e-7)
+    np.testing.assert_allclose(m.fixef.values, ref.fixef.values, rtol=1e-7)
+
+
+# --------------------------------------------------------------------------
+# the response
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e9, 1e-9])
+def test_scale_equivariance(ss, ref, scale):
+    """theta is unchanged, beta and sigma scale with y (within 1e-6 relative)."""
+    m = jaxlmm.fit(F, ss.assign(Reaction=ss.Reaction * scale))
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=1e-6)
+    np.testing.assert_allclose(m.fixef.values, ref.fixef.values * scale, rtol=1e-6)
+    np.testing.assert_allclose(m.sigma, ref.sigma * scale, rtol=1e-6)
+    np.testing.assert_allclose(m.vcov, ref.vcov * scale**2, rtol=1e-6)
+    assert m.messages == []
+
+
+def test_constant_response_is_an_error(ss):
+    """lme4 1.1-31 ``lmer(R1 ~ Days + (Days|Subject), transform(sleepstudy, R1 = 1))`` returns
+    sigma = 0 and REML criterion -Inf with 'unable to evaluate scaled gradient' warnings; we
+    refuse before fitting instead of returning NaN (or failing in an eigen-solver)."""
+    with pytest.raises(DataError, match=r"response 'Reaction' is constant \(every value is 1\)"):
+        jaxlmm.fit(F, ss.assign(Reaction=1.0))
+    with pytest.raises(DataError, match="constant"):
+        jaxlmm.fit("Reaction ~ 1 + (1 | Subject)", ss.assign(Reaction=0.0))
+    # a response the fixed effects reproduce exactly has the same problem
+    with pytest.raises(DataError, match="fitted exactly by the fixed effects"):
+        jaxlmm.fit("Reaction ~ Days + (1 | Subject)", ss.assign(Reaction=3 + 2 * ss.Days))
+    # ... also through the array interface, with weights
+    n = len(ss)
+    with pytest.raises(DataError, match="constant"):
+        jaxlmm.design_from_arrays(np.full(n, 2.0), np.ones((n, 1)),
+                                  [("Subject", ss.Subject.to_numpy())], weights=np.arange(1.0, n + 1))
+
+
+# --------------------------------------------------------------------------
+# awkward group structures
+# --------------------------------------------------------------------------
+
+
+def test_groups_of_size_one(ss):
+    """Ten singleton groups beside 17 subjects (plus one of size 2). lme4 1.1-31:
+    ss <- sleepstudy; ss$g <- as.character(ss$Subject); ss$g[171:180] <- paste0("s", 1:10)
+    m <- lmer(Reaction ~ Days + (1|g), ss)  # REML"""
+    g = ss.Subject.astype(str).to_numpy(dtype=object)
+    g[170:] = [f"s{i}" for i in range(1, 11)]
+    m = jaxlmm.fit("Reaction ~ Days + (1 | g)", ss.assign(g=g))
+    np.testing.assert_allclose(m.theta, [1.05689836462305], rtol=1e-5)
+    np.testing.assert_allclose(m.sigma, 31.4282654652692, rtol=1e-6)
+    np.testing.assert_allclose(m.fixef.values, [255.5631802036328, 10.4421973304382], rtol=1e-6)
+    assert abs(m.objective - 1792.71075286867) < 1e-6
+    assert m.messages == []
+
+
+def test_random_slope_constant_within_groups(ss):
+    """z is constant within every subject, so (z | Subject) only models a per-subject
+    variance quadratic in z. lme4 1.1-31: ss$z <- as.numeric(ss$Subject);
+    lmer(Reaction ~ Days + (z|Subject), ss) warns 'Model failed to converge with
+    max|grad| = 0.00440254', isSingular FALSE, theta (2.0662, -0.10219, 0.0029462),
+    REML criterion 1780.90497238797 (the surface is flat along theta). We must reach at
+    least lme4's criterion."""
+    z = pd.factorize(ss.Subject, sort=True)[0] + 1.0
+    m = jaxlmm.fit("Reaction ~ Days + (z | Subject)", ss.assign(z=z))
+    assert np.all(np.isfinite(m.theta)) and np.isfinite(m.sigma)
+    assert m.objective <= 1780.90497238797 + 1e-6
+    assert m.objective > 1780.90497238797 - 1e-3
+
+
+def test_single_level_fixed_factor(ss, ref):
+    """R errors for ``Reaction ~ Days + f + (Days|Subject)`` with a one-level factor f
+    ('contrasts can be applied only to factors with 2 or more levels'); here the factor
+    contributes no column, so the fit is the fit without it."""
+    m = jaxlmm.fit("Reaction ~ Days + f + (Days | Subject)", ss.assign(f="a"))
+    same_fit(m, ref)
+
+
+def test_collinear_fixed_effect_message_reaches_the_fit(ss, ref):
+    m = jaxlmm.fit("Reaction ~ Days + D2 + (Days | Subject)", ss.assign(D2=2 * ss.Days))
+    assert m.messages == [
+        "fixed-effect model matrix is rank deficient so dropping 1 column / coefficient: D2"]
+    same_fit(m, ref)
+
+
+# --------------------------------------------------------------------------
+# errors come from the host, before any JAX work
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula, error, text", [
+    ("Reaction ~ Days + (Days | Subject", FormulaError, "never closed"),
+    ("Reaction ~ Days + ( | Subject)", FormulaError, "nothing left of '|'"),
+    ("Reaction ~ foo(Days) + (1 | Subject)", FormulaError, "foo(Days)"),
+    ("Reaction ~ Days + (1 | factor(Subject))", FormulaError, "column name"),
+    ("Reaction ~ Days + (1 | one)", DataError, "> 1 sampled level"),
+    ("Reaction ~ Days + (1 | id)", DataError, "must be < number of observations"),
+])
+def test_errors_before_tracing(ss, formula, error, text, monkeypatch):
+    from jaxlmm import modeldesign
+
+    def boom(*a, **k):
+        raise AssertionError("the design was built")
+
+    monkeypatch.setattr(modeldesign, "from_frame", boom)
+    df = ss.assign(one="x", id=np.arange(len(ss)))
+    with pytest.raises(error) as info:
+        jaxlmm.fit(formula, df)
+    assert text in str(info.value)
+    if error is FormulaError:
+        assert formula in str(info.value)
