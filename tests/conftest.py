@@ -27,3 +27,14 @@ def fixture_data(fx: dict) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def sleepstudy():
     return jaxlmm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module: one process compiling
+    several hundred programs crashed inside XLA's compiler late in the suite (jaxlib 0.10.2);
+    later modules recompile from the persistent cache."""
+    yield
+    import jax
+
+    jax.clear_caches()
