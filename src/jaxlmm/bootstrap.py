@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .diagnostics import SINGULAR_TOL
 from .engine import fit_stats
 from .errors import DataError
 from .optimize import STATUS
 from .simulate import as_key, draw, parameters, ranef_modes
 from .stats import suffstats
 
-SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on template diagonals (as model.py)
 MAX_DEFAULT_BATCH = 1000
 MEMORY_BUDGET = 512 * 2 ** 20  # bytes per batch that the default batch_size aims at
 CROSSED_CPU_WARNING = (
@@ -129,29 +129,6 @@ def default_batch_size(design, n: int) -> int:
 # ------------------------------------------------------------------ variance parameters
 
 
-def _terms(info):
-    """lme4's terms in theta order: (group label, columns, [(theta index, row, col)])."""
-    terms = info.frame.terms
-    order = []
-    for e in info.entries:
-        if e.term not in order:
-            order.append(e.term)
-    seen, out = {}, []
-    for t in order:
-        grp = terms[t].group
-        k = seen.get(grp, 0)
-        seen[grp] = k + 1
-        label = grp if k == 0 else f"{grp}.{k}"
-        cells = []
-        for i, e in enumerate(info.entries):
-            if e.term == t:
-                f = info.factors[e.factor]
-                start = f.term_slices[f.terms.index(t)][0]
-                cells.append((i, e.row - start, e.col - start))
-        out.append((label, tuple(terms[t].columns), cells))
-    return out
-
-
 def sdcor(info, theta, sigma):
     """Standard deviations and correlations of every random-effects term, lme4's ``.sigNN``
     order (module docstring), from theta (R, k) and sigma (R,).
@@ -161,7 +138,7 @@ def sdcor(info, theta, sigma):
     theta = np.atleast_2d(np.asarray(theta, float))
     sigma = np.atleast_1d(np.asarray(sigma, float))
     cols, desc = [], []
-    for label, names, cells in _terms(info):
+    for _, label, names, cells in info.theta_terms:
         q = len(names)
         T = np.zeros((theta.shape[0], q, q))
         for i, r, c in cells:

@@ -28,6 +28,7 @@ import numpy as np
 from .deviance import derivatives
 from .stats import Stats
 
+SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on template diagonals
 DECREMENT_TOL = 1e-6  # deviance units
 FLAT_TOL = 1e-8  # smallest / largest eigenvalue of H_FF
 

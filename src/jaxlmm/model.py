@@ -9,13 +9,13 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from .diagnostics import SINGULAR_TOL
 from .engine import FitResult, fit_stats, use_exact_hessian
 from .frame import ModelFrame
 from .modeldesign import Design, design as make_design
 from .optimize import STATUS
 from .stats import suffstats
 
-SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on theta
 
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
@@ -61,15 +61,6 @@ def _to_host(tree):
     import jax
 
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))  # one batched transfer
-
-
-def _unique_names(names):
-    seen, out = {}, []
-    for nm in names:
-        k = seen.get(nm, 0)
-        out.append(nm if k == 0 else f"{nm}.{k}")
-        seen[nm] = k + 1
-    return out
 
 
 @dataclass
@@ -187,23 +178,12 @@ class LinearMixedModel:
     # ------------------------------------------------------------------ variance components
     def _term_covariances(self):
         """(term index, group label, column names, covariance matrix) in lme4's term order."""
-        terms = self.frame.terms
-        info = self.design.info
-        order = []
-        for e in info.entries:
-            if e.term not in order:
-                order.append(e.term)
-        labels = _unique_names([terms[t].group for t in order])
         out = []
-        for t, lab in zip(order, labels):
-            q = terms[t].Z.shape[1]
-            T = np.zeros((q, q))
-            for i, e in enumerate(info.entries):
-                if e.term == t:
-                    f = info.factors[e.factor]
-                    start = f.term_slices[f.terms.index(t)][0]
-                    T[e.row - start, e.col - start] = self.theta[i]
-            out.append((t, lab, terms[t].columns, self.sigma ** 2 * T @ T.T))
+        for t, lab, cols, cells in self.design.info.theta_terms:
+            T = np.zeros((len(cols), len(cols)))
+            for i, r, c in cells:
+                T[r, c] = self.theta[i]
+            out.append((t, lab, cols, self.sigma ** 2 * T @ T.T))
         return out
 
     @property

@@ -62,6 +62,12 @@ class DesignInfo:
     def fixef_names(self) -> tuple:
         return tuple(self.frame.fixef_names)
 
+    def _cell(self, e) -> tuple:
+        """(row, col) of theta entry ``e`` within its own term's template."""
+        f = self.factors[e.factor]
+        start = f.term_slices[f.terms.index(e.term)][0]
+        return e.row - start, e.col - start
+
     @property
     def theta_names(self) -> list[str]:
         """lme4-style names of theta's elements: "group.column" on template diagonals,
@@ -70,13 +76,28 @@ class DesignInfo:
         out = []
         for e in self.entries:
             t = terms[e.term]
-            f = self.factors[e.factor]
-            start = f.term_slices[f.terms.index(e.term)][0]
-            r, c = e.row - start, e.col - start
+            r, c = self._cell(e)
             if r == c:
                 out.append(f"{t.group}.{t.columns[r]}")
             else:
                 out.append(f"{t.group}.{t.columns[r]}.{t.columns[c]}")
+        return out
+
+    @property
+    def theta_terms(self) -> list[tuple]:
+        """lme4's random-effects terms in theta order: (term index, label, columns, cells),
+        with label the grouping factor (".1", ".2", ... appended to repeats, as VarCorr
+        names them) and cells ((theta index, row, col), ...) within the term's template."""
+        terms = self.frame.terms
+        cells: dict = {}
+        for i, e in enumerate(self.entries):
+            cells.setdefault(e.term, []).append((i,) + self._cell(e))
+        seen, out = {}, []
+        for t, tc in cells.items():
+            grp = terms[t].group
+            k = seen.get(grp, 0)
+            seen[grp] = k + 1
+            out.append((t, grp if k == 0 else f"{grp}.{k}", tuple(terms[t].columns), tuple(tc)))
         return out
 
     def __repr__(self):

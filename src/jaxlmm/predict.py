@@ -27,6 +27,7 @@ import pandas as pd
 from .errors import DataError
 from .formula import parse_formula
 from .frame import new_rows
+from .pls import templates
 
 __all__ = ["predict", "coef"]
 
@@ -248,14 +249,9 @@ def _fit_offset(m, newdata, offset, n: int) -> np.ndarray:
 
 def _templates(m) -> list[np.ndarray]:
     """Relative covariance factors T_k (q_k x q_k), elimination order: b = T_k u per level."""
-    theta = np.asarray(m.result.theta, float)
-    out = []
-    for (_, q), entries in zip(m.design.struct.factors, m.design.struct.templates):
-        T = np.zeros((q, q))
-        for i, r, c in entries:
-            T[r, c] = theta[i]
-        out.append(T)
-    return out
+    import jax.numpy as jnp
+
+    return [np.asarray(T) for T in templates(jnp.asarray(m.result.theta), m.design.struct)]
 
 
 def _pev(m, X, known: dict) -> np.ndarray:

@@ -377,22 +377,15 @@ class Profile:
     def __init__(self, m, *, max_iter: int = 100):
         d = m.design
         self.model = m
-        self.stats = stats = suffstats(d)
+        self.stats = stats = m.stats if hasattr(m, "stats") else suffstats(d)
         st = d.struct
         self.max_iter = max_iter
         self.n_theta = k = st.n_theta
         self.p = st.p
         info = d.info
         terms_frame = info.frame.terms
-        order, groups = [], {}
-        for i, e in enumerate(info.entries):
-            if e.term not in groups:
-                order.append(e.term)
-                groups[e.term] = []
-            f = info.factors[e.factor]
-            start = f.term_slices[f.terms.index(e.term)][0]
-            groups[e.term].append((i, e.row - start, e.col - start))
-        self.terms = tuple((terms_frame[t].Z.shape[1], tuple(groups[t])) for t in order)
+        order = [t for t, *_ in info.theta_terms]
+        self.terms = tuple((len(cols), cells) for _, _, cols, cells in info.theta_terms)
 
         # names: lme4's ".sig01", ... ".sigma", fixef names; and its "sd_x|g" style labels
         kinds, labels = [None] * k, [None] * k

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import difflib
 import warnings
-import weakref
 from collections.abc import Mapping
 from functools import partial
 from typing import NamedTuple
@@ -128,19 +127,13 @@ class VarparInfo(NamedTuple):
     devfun_vp: float  # at varpar
 
 
-_MEMO: dict = {}
-
-
 def varpar_info(m) -> VarparInfo:
-    """``VarparInfo`` of a fitted LinearMixedModel (memoized per model and result)."""
-    key = id(m)
-    hit = _MEMO.get(key)
-    if hit is not None and hit[0]() is m and hit[1] is m.result:
-        return hit[2]
+    """``VarparInfo`` of a fitted LinearMixedModel (computed once per model and result)."""
+    hit = m.__dict__.get("_varpar_info")
+    if hit is not None and hit[0] is m.result:
+        return hit[1]
     info = _compute(m)
-    if hit is None:
-        weakref.finalize(m, _MEMO.pop, key, None)
-    _MEMO[key] = (weakref.ref(m), m.result, info)
+    m.__dict__["_varpar_info"] = (m.result, info)
     return info
 
 

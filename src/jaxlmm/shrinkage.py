@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .pls import templates
 
 COLUMNS = ["grpvar", "grp", "term", "n", "population", "complete_pooling", "no_pooling",
            "no_pooling_note", "partial_pooling", "condval", "shrinkage"]
@@ -72,15 +74,6 @@ def _estimable(A, counts):
     notes[~ok & ~few] = "Z columns collinear within the group"
     notes[zero & ~few] = "a Z column is all zero within the group"
     return ok & ~few, notes
-
-
-def _factor_template(m, pos):
-    """The factor's lower-triangular template T (q, q) at the fitted theta."""
-    f = m.design.info.factors[pos]
-    T = np.zeros((f.q, f.q))
-    for i, r, c in m.design.struct.templates[pos]:
-        T[r, c] = m.theta[i]
-    return T
 
 
 def complete_pooling(m) -> pd.Series:
@@ -128,7 +121,7 @@ def factor_shrinkage(m, pos: int, parts=None) -> FactorShrinkage:
     b_np = np.full((G, q), np.nan)
     if ok.any():
         b_np[ok] = np.linalg.solve(A[ok], rhs[ok][:, :, None])[:, :, 0]
-    T = _factor_template(m, pos)
+    T = np.asarray(templates(jnp.asarray(m.result.theta), m.design.struct)[pos])
     M = np.eye(q) + T.T @ A @ T  # I + T'A_j T, positive definite
     S = T @ np.linalg.solve(M, np.broadcast_to(T.T, (G, q, q)) @ A)
     return FactorShrinkage(counts, b_np, notes, S,
