@@ -11,9 +11,9 @@
 # flags, so the refits do what lme4's confint(m, method = "boot") makes them do.
 #
 # lme4 < 1.1-33 refit() (which bootMer calls for every replicate) optimizes the REML
-# criterion with n - 1 in place of n - p (fixed upstream in lme4 commit 58b0f45b). As
-# lme4_responses.R does, the bug is detected and a copy of refit.merMod with exactly that
-# one change is registered before timing (recorded as refit_patched), so the timings are
+# criterion with n - 1 in place of n - p (fixed upstream in lme4 commit 58b0f45b). The bug
+# is detected and a copy of refit.merMod with exactly that one change (lme4_refit_fix.R)
+# is registered before timing (recorded as refit_patched), so the timings are
 # those of the fixed code path and the replicates are correct REML fits.
 
 args <- commandArgs(trailingOnly = TRUE)
@@ -28,6 +28,9 @@ chunk <- as.integer(args[8])
 out <- args[9]
 
 import_s <- unname(system.time(suppressPackageStartupMessages(library(lme4)))["elapsed"])
+here <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(FALSE),
+                                                       value = TRUE)[1])))
+source(file.path(here, "lme4_refit_fix.R"))  # fixed_refit
 cc <- setNames(rep("character", length(factors)), factors)
 d <- read.csv(csv, colClasses = cc)
 for (f in factors) d[[f]] <- factor(d[[f]])
@@ -36,24 +39,10 @@ t0 <- proc.time()[["elapsed"]]
 m <- suppressWarnings(suppressMessages(lmer(form, data = d, REML = reml)))
 fit_s <- proc.time()[["elapsed"]] - t0
 
-refit_bug <- FALSE
-refit_patched <- FALSE
-probe <- suppressWarnings(suppressMessages(refit(m, simulate(m, seed = 1)[[1]])))
-if (reml && probe@resp$REML != m@resp$REML) {
-  refit_bug <- TRUE
-  src <- deparse(body(lme4:::refit.merMod))
-  hit <- grepl("REML = isREML(object)", src, fixed = TRUE)
-  if (sum(hit) == 1) {
-    f <- lme4:::refit.merMod
-    body(f) <- parse(text = sub("REML = isREML(object)", "REML = object@resp$REML", src,
-                                fixed = TRUE))[[1]]
-    environment(f) <- asNamespace("lme4")
-    registerS3method("refit", "merMod", f, envir = asNamespace("lme4"))
-    probe <- suppressWarnings(suppressMessages(refit(m, simulate(m, seed = 1)[[1]])))
-    refit_patched <- probe@resp$REML == m@resp$REML
-  }
-}
-rm(probe)
+fx <- fixed_refit(m, simulate(m, seed = 1)[[1]])
+refit_bug <- fx$bug
+refit_patched <- !is.null(fx$fun)
+if (refit_patched) registerS3method("refit", "merMod", fx$fun, envir = asNamespace("lme4"))
 
 crit <- function(x) if (reml) REMLcrit(x) else deviance(x)
 fun <- function(x) {

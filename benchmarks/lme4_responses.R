@@ -32,6 +32,9 @@ lmer_budget <- as.numeric(args[12])
 out <- args[13]
 
 import_s <- unname(system.time(suppressPackageStartupMessages(library(lme4)))["elapsed"])
+here <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", commandArgs(FALSE),
+                                                       value = TRUE)[1])))
+source(file.path(here, "lme4_refit_fix.R"))  # fixed_refit
 
 cc <- setNames(rep("character", length(factors)), factors)
 d <- read.csv(csv, colClasses = cc)
@@ -83,32 +86,12 @@ base <- quiet(lmer(form, data = d, REML = reml))
 first_refit <- proc.time()[["elapsed"]] - t0
 m0 <- base$value
 
-# lme4 < 1.1-33 builds refit()'s response module with REML = isREML(object) (= 1) instead of
-# the number of fixed effects p, so for REML fits with p > 1 refit() optimizes -- and
-# REMLcrit() reports -- a criterion with n - 1 in place of n - p. Upstream fixed it on
-# 2023-04-12 (lme4 commit 58b0f45b, "fixed ancient REML-setting bug in refit") by using
-# REML = object@resp$REML. Where the installed lme4 has the bug, apply exactly that change
-# to a copy of refit.merMod (same code path otherwise) and record that we did.
-refit_fun <- refit
-refit_bug <- FALSE
-refit_patched <- FALSE
-probe <- suppressWarnings(suppressMessages(refit(m0, Y[, 1])))
-if (reml && probe@resp$REML != m0@resp$REML) {
-  refit_bug <- TRUE
-  src <- deparse(body(lme4:::refit.merMod))
-  hit <- grepl("REML = isREML(object)", src, fixed = TRUE)
-  if (sum(hit) == 1) {
-    f <- lme4:::refit.merMod
-    body(f) <- parse(text = sub("REML = isREML(object)", "REML = object@resp$REML", src, fixed = TRUE))[[1]]
-    environment(f) <- asNamespace("lme4")
-    probe2 <- suppressWarnings(suppressMessages(f(m0, Y[, 1])))
-    if (probe2@resp$REML == m0@resp$REML) {
-      refit_fun <- f
-      refit_patched <- TRUE
-    }
-  }
-}
-rm(probe)
+# lme4 < 1.1-33's refit() optimizes the wrong REML criterion when p > 1 (lme4_refit_fix.R);
+# where the installed lme4 has the bug, time upstream's fix and record that we did.
+fx <- fixed_refit(m0, Y[, 1])
+refit_bug <- fx$bug
+refit_patched <- !is.null(fx$fun)
+refit_fun <- if (refit_patched) fx$fun else refit
 
 rf <- new_rec()
 t0 <- proc.time()[["elapsed"]]
