@@ -34,7 +34,6 @@ written with run.py's ``write_outputs``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
@@ -535,40 +534,13 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     prefix = Path(args.out) if args.out else (HERE / "out" / "bootstrap_quick" if args.quick else HERE / "bootstrap")
     tmp = Path(tempfile.mkdtemp(prefix="jaxlmm-bootstrap-"))
-    machine = H.machine_info()
-    jx = machine.get("jax", {})
-    if jx.get("backend") not in (None, "cpu") and args.stall_s:
-        log("accelerator backend: the no-CPU-use deadlock guard is switched off")
-        args.stall_s = 0.0
     rinfo = H.r_info() if "lme4" in args.methods else {"available": False, "reason": "not selected"}
     jinfo = julia_info()
-    log("lme4: " + (f"{rinfo['r_version']}, lme4 {rinfo['lme4']}" if rinfo.get("available") else rinfo["reason"]))
     log("MixedModels.jl: " + jinfo["reason"])
-    report = {
-        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "benchmarks/bootstrap.py", *argv]),
-        "quick": args.quick,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("render", "out")},
-        "machine": machine,
-        "r": rinfo,
-        "julia": jinfo,
-        "jaxlmm_source_digest_start": H.jaxlmm_source_digest(),
-        "git": RS.git_state(),
-        "workloads": [],
-    }
-    try:
-        for name in args.only:
-            report["workloads"].append(bench_workload(make_workload(name, args), args, tmp, rinfo, jinfo))
-            report["total_wall_s"] = time.perf_counter() - started
-            H.write_outputs(report, prefix, render_md)
-    finally:
-        report["total_wall_s"] = time.perf_counter() - started
-        report["machine"]["loadavg_end"] = os.getloadavg()[0]
-        report["jaxlmm_source_digest_end"] = H.jaxlmm_source_digest()
-        H.write_outputs(report, prefix, render_md)
-        shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {prefix}.md and {prefix}.json ({report['total_wall_s']:.0f} s)")
-    return 0
+    report = RS.new_report("bootstrap.py", argv, args, rinfo, julia=jinfo)
+    runs = [lambda name=name: bench_workload(make_workload(name, args), args, tmp, rinfo, jinfo)
+            for name in args.only]
+    return RS.run_report(report, runs, prefix, render_md, started, tmp)
 
 
 if __name__ == "__main__":

@@ -308,8 +308,6 @@ def _worker_jaxlmm_vmap(spec, df, Y):
 
 
 def _worker_jaxlmm_loop(spec, df, Y):
-    import numpy as np
-
     jax, jaxlmm, info = _jax_setup()
     reml = spec["reml"]
     d = jax.device_put(jaxlmm.design(spec["formula"], df))
@@ -589,8 +587,6 @@ def agreement(res, ref, with_theta=True):
 
 def bench_workload(wl: Workload, args, tmp: Path, rinfo: dict) -> dict:
     import numpy as np
-
-    import run as H
 
     wdir = tmp / wl.name
     wdir.mkdir(parents=True, exist_ok=True)
@@ -1071,6 +1067,57 @@ def finish_args(p, a, defaults, workloads, methods):
     return a
 
 
+def new_report(script: str, argv, args, rinfo: dict, **extra) -> dict:
+    """The report a benchmark fills in: command, settings, machine, R, source digest, git.
+    On an accelerator the no-CPU-use stall guard is switched off (``args.stall_s = 0``): it
+    targets an XLA:CPU deadlock, and an accelerator run may wait without CPU use."""
+    import run as H
+
+    machine = H.machine_info()
+    jx = machine.get("jax", {})
+    log(f"JAX backend {jx.get('backend')}, devices {jx.get('devices')}")
+    if jx.get("backend") not in (None, "cpu") and args.stall_s:
+        log("accelerator backend: the no-CPU-use deadlock guard is switched off")
+        args.stall_s = 0.0
+    log("lme4: " + (f"{rinfo['r_version']}, lme4 {rinfo['lme4']}" if rinfo.get("available") else rinfo["reason"]))
+    return {
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([".venv/bin/python", f"benchmarks/{script}", *argv]),
+        "quick": args.quick,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("render", "out")},
+        "machine": machine,
+        "r": rinfo,
+        **extra,
+        "jaxlmm_source_digest_start": H.jaxlmm_source_digest(),
+        "git": git_state(),
+        "workloads": [],
+    }
+
+
+def run_report(report: dict, runs, prefix: Path, render, started: float, tmp: Path,
+               keep_data: bool = False) -> int:
+    """Run each workload thunk in ``runs``, writing the report (JSON + markdown) after each
+    one and, whatever happens, at the end; then remove ``tmp`` unless ``keep_data``."""
+    import run as H
+
+    try:
+        for run_one in runs:
+            report["workloads"].append(run_one())
+            report["total_wall_s"] = time.perf_counter() - started
+            H.write_outputs(report, prefix, render)
+    finally:
+        report["total_wall_s"] = time.perf_counter() - started
+        report["machine"]["loadavg_end"] = os.getloadavg()[0]
+        report["jaxlmm_source_digest_end"] = H.jaxlmm_source_digest()
+        H.write_outputs(report, prefix, render)
+        if keep_data:
+            log(f"data kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote {prefix}.md and {prefix}.json ({report['total_wall_s']:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -1090,50 +1137,17 @@ def main(argv=None) -> int:
     prefix = Path(args.out) if args.out else (HERE / "out" / "responses_quick" if args.quick else HERE / "responses")
     tmp = Path(tempfile.mkdtemp(prefix="jaxlmm-responses-"))
     log("collecting machine info ...")
-    machine = H.machine_info()
-    jx = machine.get("jax", {})
-    log(f"JAX backend {jx.get('backend')}, devices {jx.get('devices')}")
-    if jx.get("backend") not in (None, "cpu") and args.stall_s:
-        # the guard targets an XLA:CPU deadlock; an accelerator run may legitimately wait without CPU use
-        log("accelerator backend: the no-CPU-use deadlock guard is switched off")
-        args.stall_s = 0.0
     want_r = any(m.startswith("lme4") for m in args.methods)
     rinfo = H.r_info() if want_r else {"available": False, "reason": "not selected"}
-    log("lme4: " + (f"{rinfo['r_version']}, lme4 {rinfo['lme4']}" if rinfo.get("available") else rinfo["reason"]))
-    report = {
-        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "benchmarks/responses.py", *argv]),
-        "quick": args.quick,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("render", "out")},
-        "machine": machine,
-        "r": rinfo,
-        "jaxlmm_source_digest_start": H.jaxlmm_source_digest(),
-        "git": git_state(),
-        "workloads": [],
-    }
+    report = new_report("responses.py", argv, args, rinfo)
     makers = {
         "sleepstudy": lambda: make_sleepstudy(args.B, args.seed + 10),
         "slopes": lambda: make_slopes(args.B, args.slope_groups, args.slope_size, args.seed + 20),
         "crossed": lambda: make_crossed(args.B, args.crossed_users, args.crossed_items, args.crossed_rows,
                                         args.seed + 30),
     }
-    try:
-        for name in args.only:
-            wl = makers[name]()
-            report["workloads"].append(bench_workload(wl, args, tmp, rinfo))
-            report["total_wall_s"] = time.perf_counter() - started
-            H.write_outputs(report, prefix, render_md)
-    finally:
-        report["total_wall_s"] = time.perf_counter() - started
-        report["machine"]["loadavg_end"] = os.getloadavg()[0]
-        report["jaxlmm_source_digest_end"] = H.jaxlmm_source_digest()
-        H.write_outputs(report, prefix, render_md)
-        if args.keep_data:
-            log(f"data kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    log(f"wrote {prefix}.md and {prefix}.json ({report['total_wall_s']:.0f} s)")
-    return 0
+    runs = [lambda name=name: bench_workload(makers[name](), args, tmp, rinfo) for name in args.only]
+    return run_report(report, runs, prefix, render_md, started, tmp, keep_data=args.keep_data)
 
 
 if __name__ == "__main__":
