@@ -186,28 +186,13 @@ def worker_main(spec_path: str, out_path: str) -> int:
 
 
 def run_python(method, wl, pkl, args, tmp, pin_cpu=None):
-    import run as H
-
     spec = {"method": method, "formula": wl["formula"], "reml": wl["reml"], "data": str(pkl),
             "B": args.B, "seed": args.seed, "batch_size": args.batch_size, "reps": args.reps,
             "min_total": args.min_total, "max_reps": args.max_reps, "chunk": args.mixedlm_chunk,
             "budget": args.mixedlm_budget,
             "vectorize": "vmap" if method == "jaxlmm-vmap" else None}
-    tag = f"{wl['name']}.{method}.{time.monotonic_ns()}"
-    spec_path, out_path = tmp / f"{tag}.spec.json", tmp / f"{tag}.out.json"
-    spec_path.write_text(json.dumps(spec))
     stall = args.stall_s if method.startswith("jaxlmm") else 0.0
-    status, out, wall, other = RS.run_proc([sys.executable, str(Path(__file__).resolve()), "--worker",
-                                            str(spec_path), str(out_path)], args.timeout,
-                                           H.child_env(), stall, pin_cpu)
-    if status != "ok" or not out_path.exists():
-        why = {"timeout": f"killed after {args.timeout:g} s",
-               "stalled": f"no CPU use for {args.stall_s:g} s (deadlock), killed"}.get(status, status)
-        return {"method": method, "status": "stalled" if status == "stalled" else "error",
-                "error": f"{why}: {out[-600:]}", "wall_s": wall, "other_cpu_cores": other}
-    res = json.loads(out_path.read_text())
-    res.update(wall_s=wall, other_cpu_cores=other)
-    return res
+    return RS.spawn_worker(Path(__file__), spec, f"{wl['name']}.{method}", tmp, args, stall, pin_cpu)
 
 
 def run_lme4(wl, csv, args, tmp, rinfo):

@@ -501,8 +501,6 @@ def run_proc(cmd, timeout, env=None, stall_s=0.0, pin_cpu=None):
 
 
 def run_python_method(method, wl_info, paths, args, tmp, pin_cpu=None):
-    import run as H
-
     spec = {
         "method": method,
         "formula": wl_info["formula"],
@@ -518,20 +516,28 @@ def run_python_method(method, wl_info, paths, args, tmp, pin_cpu=None):
         "max_reps": args.max_reps,
         "loop_min_total": args.loop_min_total,
     }
-    tag = f"{wl_info['name']}.{method}.{time.monotonic_ns()}"
+    stall = args.stall_s if method in JAX_METHODS else 0.0
+    return spawn_worker(Path(__file__), spec, f"{wl_info['name']}.{method}", tmp, args, stall, pin_cpu)
+
+
+def spawn_worker(script: Path, spec: dict, tag: str, tmp: Path, args, stall: float, pin_cpu=None) -> dict:
+    """Run ``script --worker`` on ``spec`` in a fresh process (``args.timeout``; killed after
+    ``stall`` s without CPU use, 0 = no guard): its result with wall_s and other_cpu_cores,
+    or a record with status "error" / "stalled"."""
+    import run as H
+
+    tag = f"{tag}.{time.monotonic_ns()}"
     spec_path, out_path = tmp / f"{tag}.spec.json", tmp / f"{tag}.out.json"
     spec_path.write_text(json.dumps(spec))
-    stall = args.stall_s if method in JAX_METHODS else 0.0
-    status, out, wall, other = run_proc([sys.executable, str(Path(__file__).resolve()), "--worker",
+    status, out, wall, other = run_proc([sys.executable, str(Path(script).resolve()), "--worker",
                                          str(spec_path), str(out_path)], args.timeout, H.child_env(), stall, pin_cpu)
     if status != "ok" or not out_path.exists():
         why = {"timeout": f"killed after {args.timeout:g} s",
                "stalled": f"no CPU use for {args.stall_s:g} s (deadlock), killed"}.get(status, status)
-        return {"method": method, "status": "stalled" if status == "stalled" else "error",
+        return {"method": spec["method"], "status": "stalled" if status == "stalled" else "error",
                 "error": f"{why}: {out[-600:]}", "wall_s": wall, "other_cpu_cores": other}
     res = json.loads(out_path.read_text())
-    res["wall_s"] = wall
-    res["other_cpu_cores"] = other
+    res.update(wall_s=wall, other_cpu_cores=other)
     return res
 
 
