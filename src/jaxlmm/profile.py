@@ -52,7 +52,7 @@ from .autodiff import autodiff
 from .engine import fit_stats
 from .errors import JaxlmmError
 from .pls import factorize, pieces
-from .solution import _unscale
+from .solution import fixed_part
 from .stats import Stats, suffstats
 from .summary import format_perc
 
@@ -139,16 +139,6 @@ class Problem(NamedTuple):
     base: jax.Array
 
 
-def _fixed_part(theta, stats: Stats, f):
-    """beta_hat(theta) and W = (X'V^{-1}X)^{-1} (sigma^2 left out), both in data units."""
-    st = stats.struct
-    mr, p = st.m_rand, st.p
-    LX = f.LM[mr:mr + p, mr:mr + p]
-    gamma = jax.scipy.linalg.solve_triangular(LX, f.LM[-1, mr:mr + p], lower=True, trans="T")
-    LXi = jax.scipy.linalg.solve_triangular(LX, jnp.eye(p, dtype=LX.dtype), lower=True)
-    return _unscale(gamma, LXi.T @ LXi, stats.scale, st.intercept)
-
-
 def _ml_deviance(phi, stats: Stats, terms: tuple, extra):
     """d at phi = (sd/cor, sigma) with r^2 + extra(beta_hat, W) / s^2 as the residual sum of
     squares (extra: the fixed effects' quadratic form, in data units; None for 0)."""
@@ -159,7 +149,7 @@ def _ml_deviance(phi, stats: Stats, terms: tuple, extra):
     s = stats.scale.s
     r2 = pc.pwrss  # in the scaled units of the statistics (y / s)
     if st.p > 0 and extra is not None:
-        r2 = r2 + extra(*_fixed_part(theta, stats, f)) / s ** 2
+        r2 = r2 + extra(*fixed_part(f, stats)) / s ** 2
     sig2 = (phi[st.n_theta] / s) ** 2
     n = stats.n
     return (pc.logdet_l - stats.ldw + r2 / sig2 + n * jnp.log(2.0 * jnp.pi * sig2)
@@ -336,7 +326,7 @@ def _point(x, u0, prob: Problem, stats: Stats, terms: tuple, max_iter: int = 100
     slope = jnp.sum(jnp.where(prob.fix, res.g / prob.scale, 0.0))
     if st.p > 0:
         theta = theta_of_sdcor(phi, terms, st.n_theta)
-        beta, W = _fixed_part(theta, stats, factorize(theta, stats))
+        beta, W = fixed_part(factorize(theta, stats), stats)
         # the other fixed effects at beta_j = b: beta_hat + W e_j (b - beta_hat_j) / W_jj,
         # and the slope d/db of the added (b - beta_hat_j)^2 / (W_jj sigma^2)
         wj = W @ prob.ej

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.linalg import solve_triangular
 from scipy import stats as sps
 
 from . import autodiff
@@ -49,7 +48,7 @@ from .contrasts import _anova_type, hypotheses
 from .deviance import log_det_r
 from .errors import DataError
 from .pls import factorize, pieces
-from .solution import _unscale
+from .solution import fixed_part
 from .stats import Stats, suffstats
 from .summary import format_perc
 
@@ -67,13 +66,9 @@ F_COLUMNS = ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
 
 def _theta_pieces(theta, stats: Stats, reml: bool):
     """(log-determinant terms, pwrss, (X'V^{-1}X)^{-1}) at theta, in the data's units."""
-    st = stats.struct
     f = factorize(theta, stats)
-    pc = pieces(f, st)
-    mr, p = st.m_rand, st.p
-    LXi = solve_triangular(f.LM[mr:mr + p, mr:mr + p], jnp.eye(p, dtype=theta.dtype),
-                           lower=True)
-    _, xtx_inv = _unscale(jnp.zeros(p, theta.dtype), LXi.T @ LXi, stats.scale, st.intercept)
+    pc = pieces(f, stats.struct)
+    _, xtx_inv = fixed_part(f, stats)
     ld = pc.logdet_l
     if reml:
         ld = ld + pc.logdet_x + 2.0 * log_det_r(stats.scale)

@@ -56,6 +56,17 @@ def _unscale(gamma, xtx_inv, scale, i0):
     return beta, B @ xtx_inv @ B.T
 
 
+def fixed_part(f, stats: Stats):
+    """beta_hat(theta) and (X'V^{-1}X)^{-1} (vcov(beta) / sigma^2), both in data units, from
+    the fixed-effects block of the factor f = pls.factorize(theta, stats): L_X' gamma = l_yX."""
+    st = stats.struct
+    mr, p = st.m_rand, st.p
+    LX = f.LM[mr:mr + p, mr:mr + p]
+    gamma = solve_triangular(LX, f.LM[-1, mr:mr + p], lower=True, trans="T")
+    LXi = solve_triangular(LX, jnp.eye(p, dtype=LX.dtype), lower=True)
+    return _unscale(gamma, LXi.T @ LXi, stats.scale, st.intercept)
+
+
 def solve(theta, stats: Stats, reml: bool = True) -> Solution:
     """beta, sigma, conditional modes and variances and the criterion at ``theta``.
 
