@@ -165,7 +165,9 @@ def test_vmap_over_1000_responses(sleep_design):
         T[:, 0, 0], T[:, 1, 0], T[:, 1, 1] = th[:, 0], th[:, 1], th[:, 2]
         return T @ np.swapaxes(T, 1, 2)
 
-    np.testing.assert_allclose(cov(np.asarray(R.theta)), cov(S.opt.theta), atol=1e-6)
+    # (equal criteria, but the surface is flat enough that the stopping points of the two
+    # routes differ by up to ~1e-6 in the covariance)
+    np.testing.assert_allclose(cov(np.asarray(R.theta)), cov(S.opt.theta), atol=3e-6)
     # the quasi-Newton and Newton routes reach the same optimum for every response: before
     # the column-flip and second-order checks at bound points (optimize.py) 11 of these
     # 1,000 ended on a boundary point 1-14 units above the other route's optimum
@@ -191,7 +193,7 @@ def test_grad_of_the_optimum_by_implicit_differentiation(dataset, formula):
     y0 = jnp.asarray(d.y)
     rng = np.random.default_rng(3)
     v = rng.normal(size=d.n) * np.std(d.y)
-    h = 1e-5
+    h = 1e-4  # refits stop within ~1e-8 of the optimum: a smaller h amplifies that noise
     plus, minus = fitted(y0 + h * v), fitted(y0 - h * v)
     for i, name in enumerate(["objective", "beta", "sigma", "theta"]):
         J = jax.jacrev(lambda y: fitted(y)[i])(y0)

@@ -17,7 +17,7 @@ Already covered elsewhere (not repeated here):
   points at the term), test_frame.py::test_unknown_function_is_formula_error.
 
 Here: the same inputs through ``jaxlmm.fit`` (equal to a clean fit), scale equivariance,
-a constant / exactly fitted response, groups of size one, a single-level fixed factor, a
+a constant / exactly fitted response, groups of size one, a single-level factor (an error), a
 random slope constant within every group, and errors raised before any JAX work.
 """
 
@@ -64,8 +64,27 @@ def test_dict_of_numpy_arrays(ss, ref):
 
 def test_polars_frame(ss, ref):
     pl = pytest.importorskip("polars")
-    m = jaxlmm.fit(F, pl.from_pandas(ss.assign(Subject=ss.Subject.astype(str))))
+    frame = pl.DataFrame({"Reaction": ss.Reaction.to_numpy(), "Days": ss.Days.to_numpy(),
+                          "Subject": ss.Subject.astype(str).tolist()})
+    m = jaxlmm.fit(F, frame)
     same_fit(m, ref)
+    # a polars Categorical grouping column, too
+    m = jaxlmm.fit(F, frame.with_columns(pl.col("Subject").cast(pl.Categorical)))
+    same_fit(m, ref)
+    # an Enum keeps its level order (here reversed), as an ordered pandas Categorical would
+    levels = sorted(set(frame["Subject"]), reverse=True)
+    m = jaxlmm.fit(F, frame.with_columns(pl.col("Subject").cast(pl.Enum(levels))))
+    same_fit(m, ref)
+    assert m.ranef().grp.iloc[0] == levels[0]
+    # nulls in the response and the grouping column drop those rows, with a message
+    nulls = frame.with_columns(
+        pl.when(pl.col("Days") == 3).then(None).otherwise(pl.col("Subject")).alias("Subject"),
+        pl.when(pl.col("Days") == 5).then(None).otherwise(pl.col("Reaction")).alias("Reaction"))
+    m = jaxlmm.fit(F, nulls)
+    assert m.nobs == 144 and "36 rows with missing values dropped" in m.messages
+    same_fit(m, jaxlmm.fit(F, ss[(ss.Days != 3) & (ss.Days != 5)]))
+    with pytest.raises(DataError, match="LazyFrame.*collect"):
+        jaxlmm.fit(F, frame.lazy())
 
 
 @pytest.mark.parametrize("kind", ["string", "object", "int", "categorical_unused", "pd_string"])
@@ -181,12 +200,23 @@ def test_random_slope_constant_within_groups(ss):
     assert m.objective > 1780.90497238797 - 1e-3
 
 
-def test_single_level_fixed_factor(ss, ref):
-    """R errors for ``Reaction ~ Days + f + (Days|Subject)`` with a one-level factor f
-    ('contrasts can be applied only to factors with 2 or more levels'); here the factor
-    contributes no column, so the fit is the fit without it."""
-    m = jaxlmm.fit("Reaction ~ Days + f + (Days | Subject)", ss.assign(f="a"))
-    same_fit(m, ref)
+@pytest.mark.parametrize("formula", [
+    "Reaction ~ Days + f + (Days | Subject)",
+    "Reaction ~ 0 + f + (Days | Subject)",
+    "Reaction ~ Days + Days:f + (Days | Subject)",
+    "Reaction ~ Days + (0 + f | Subject)",
+])
+def test_single_level_factor_is_an_error(ss, formula):
+    """As R ('contrasts can be applied only to factors with 2 or more levels'), whatever the
+    coding; formulaic alone would give the factor no columns and fit without it."""
+    with pytest.raises(DataError, match=r"factor 'f' has fewer than 2 levels .*only level is 'a'"):
+        jaxlmm.fit(formula, ss.assign(f="a"))
+
+
+def test_factor_left_with_one_level_after_missing_rows(ss):
+    f = np.where(ss.Days < 5, "a", None)
+    with pytest.raises(DataError, match="only level is 'a'.*dropped for missing values"):
+        jaxlmm.fit("Reaction ~ Days + f + (Days | Subject)", ss.assign(f=f))
 
 
 def test_collinear_fixed_effect_message_reaches_the_fit(ss, ref):

@@ -34,7 +34,9 @@ FLAT_TOL = 1e-8  # smallest / largest eigenvalue of H_FF
 
 WHAT_TO_TRY = {
     1: ("the optimizer used all its iterations: refit with more (fit(..., max_iter=1000)), "
-        "or with hessian='exact' (Newton); centre and scale continuous predictors"),
+        "or with hessian='exact' (Newton); if you gave start=, try the default start (a "
+        "theta far above the optimum sits on a plateau of the criterion); centre and scale "
+        "continuous predictors"),
     2: ("the line search could not decrease the criterion further: if the Newton decrement "
         "below is tiny the optimum is reached to rounding precision; otherwise centre and "
         "scale continuous predictors, simplify the random effects (e.g. (x || g) instead of "
@@ -42,6 +44,8 @@ WHAT_TO_TRY = {
     3: ("the criterion is not finite at the start: look for extreme values in the response "
         "or predictors (rescale them), or give a start=..."),
 }
+NON_FINITE = ("the criterion or its derivatives are not finite at the end point; refit from "
+              "the default start (omit start=) or rescale the data")
 SADDLE = ("the Hessian of the criterion has a negative eigenvalue at the end point: it is a "
           "saddle, not a minimum; refit from another start (start=...) or with "
           "hessian='exact'")
@@ -66,6 +70,12 @@ def value_grad_hessian(theta, stats: Stats, reml: bool):
 def check(theta, lower, f, g, H, status: int) -> dict:
     """Convergence report from the criterion's value, gradient and Hessian at theta."""
     theta, lower, g, H = (np.asarray(a, float) for a in (theta, lower, g, H))
+    if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        return {"ok": False, "newton_decrement": float("nan"), "max_rel_step": float("nan"),
+                "hessian_min_eig": float("nan"), "hessian_max_eig": float("nan"),
+                "hessian_rel_min_eig": float("nan"), "free": (lower != 0.0).tolist(),
+                "bound_gradient": [], "notes": [NON_FINITE],
+                "what_to_try": WHAT_TO_TRY.get(status) if status != 0 else None}
     bound = (lower == 0.0) & (theta <= 0.0)
     free = ~bound
     gF, HF = g[free], H[np.ix_(free, free)]

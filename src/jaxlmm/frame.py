@@ -284,7 +284,32 @@ def _as_frame(data) -> pd.DataFrame:
                                  for k, v in data.items()})
         except ValueError as exc:
             raise DataError(f"cannot turn the data mapping into a DataFrame: {exc}") from exc
-    raise DataError(f"data must be a pandas DataFrame or a mapping of arrays, got {type(data).__name__}")
+    if type(data).__module__.split(".")[0] == "polars":
+        return _from_polars(data)
+    raise DataError(f"data must be a pandas DataFrame, a polars DataFrame or a mapping of arrays, "
+                    f"got {type(data).__name__}")
+
+
+def _from_polars(data) -> pd.DataFrame:
+    """Column by column (no pyarrow needed). An Enum keeps its level order; a Categorical is
+    treated as strings (levels sorted, as R's factor())."""
+    import polars as pl
+
+    if isinstance(data, pl.LazyFrame):
+        raise DataError("data is a polars LazyFrame: call .collect() first")
+    if not isinstance(data, pl.DataFrame):
+        raise DataError(f"data must be a polars DataFrame, got {type(data).__name__}")
+    cols = {}
+    for name in data.columns:
+        col = data.get_column(name)
+        if isinstance(col.dtype, pl.Enum):
+            cols[name] = pd.Categorical(col.cast(pl.String).to_list(),
+                                        categories=col.dtype.categories.to_list())
+        elif isinstance(col.dtype, pl.Categorical):
+            cols[name] = col.cast(pl.String).to_numpy()
+        else:
+            cols[name] = col.to_numpy()
+    return pd.DataFrame(cols)
 
 
 def _unknown(name: str, frame: pd.DataFrame, where: str) -> DataError:
@@ -741,6 +766,8 @@ def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, wher
     """formulaic model matrix of ``expr`` with R-style names; returns (M, names, MatrixSpec)."""
     from formulaic import model_matrix
 
+    from .rcoding import RMaterializer
+
     plain = _plain_terms(expr, prepared)
     if plain is not None:
         spec = _PlainSpec(*plain)
@@ -759,7 +786,8 @@ def _model_matrix(expr: str, prepared: pd.DataFrame, parsed: ParsedFormula, wher
                 mm = _SPEC_CACHE[key].get_model_matrix(data, na_action="ignore", context=ctx)
             else:
                 mm = model_matrix(expr, data, ensure_full_rank=True, na_action="ignore",
-                                  context=ctx)
+                                  context=ctx, materializer=RMaterializer,
+                                  materializer_params={"text": expr})
                 if key is not None:
                     if len(_SPEC_CACHE) >= 64:
                         _SPEC_CACHE.pop(next(iter(_SPEC_CACHE)))

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .diagnostics import SINGULAR_TOL
 from .engine import FitResult, fit_stats, use_exact_hessian
+from .errors import DataError
 from .frame import ModelFrame
 from .modeldesign import Design, design as make_design
 from .optimize import STATUS
@@ -37,24 +38,62 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
-    theta0 = None
-    if start is not None:
-        theta0 = np.asarray(start, float)
-        if theta0.shape != (d.struct.n_theta,):
-            raise ValueError(f"start must have {d.struct.n_theta} elements (lme4's theta "
-                             f"order: {', '.join(d.info.theta_names)}), got shape "
-                             f"{theta0.shape}")
     stats = suffstats(d)
-    res = fit_stats(stats, reml=reml, theta0=theta0, max_iter=max_iter, hessian=hessian)
-    res = _to_host(res)
+    res, notes = _run(stats, d, reml, start, max_iter, hessian)
     t2 = time.perf_counter()
     m = LinearMixedModel(d, res, reml, hessian, data_name,
                          timings={"design": t1 - t0, "fit": t2 - t1},
                          weights_name=weights if isinstance(weights, str) else None,
                          offset_name=offset if isinstance(offset, str) else None,
-                         max_iter=max_iter)
+                         max_iter=max_iter, notes=notes)
     m.__dict__["stats"] = stats  # kept for refits, diagnostics and inference
     return m
+
+
+def _check_start(start, d: Design) -> np.ndarray:
+    """``start`` as a float vector, checked before any tracing: its length, finite values,
+    template diagonals >= 0."""
+    names = d.info.theta_names
+    try:
+        theta0 = np.asarray(start, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"start must be {len(names)} numbers (lme4's theta order: "
+                         f"{', '.join(names)}), got {start!r}") from None
+    if theta0.shape != (d.struct.n_theta,):
+        raise ValueError(f"start must have {d.struct.n_theta} elements (lme4's theta "
+                         f"order: {', '.join(names)}), got shape {theta0.shape}")
+    bad = [f"{nm} = {v!r}" for nm, v in zip(names, theta0.tolist()) if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"start must be finite; got {', '.join(bad)}")
+    below = [f"{nm} = {v:g}" for nm, v, lo in zip(names, theta0, d.lower) if v < lo]
+    if below:
+        raise ValueError(f"start is below the lower bound 0 of the relative standard "
+                         f"deviations: {', '.join(below)}; use values >= 0")
+    return theta0
+
+
+def _run(stats, d: Design, reml: bool, start, max_iter: int, hessian: str):
+    """fit_stats on the host, with the start checked first; returns (result, notes).
+
+    A criterion that is not finite at a given start (theta so large that the factorization
+    overflows) is refitted from the default start, with a note; at the default start it
+    is an error about the data (never a result full of NaN)."""
+    theta0 = None if start is None else _check_start(start, d)
+    res = _to_host(fit_stats(stats, reml=reml, theta0=theta0, max_iter=max_iter,
+                             hessian=hessian))
+    notes = ()
+    if int(res.opt.status) == 3 and theta0 is not None:
+        notes = (f"the criterion is not finite at the given start {theta0.tolist()} (theta "
+                 "too large for the factorization); fitted from the default start instead",)
+        res = _to_host(fit_stats(stats, reml=reml, max_iter=max_iter, hessian=hessian))
+    if int(res.opt.status) == 3:
+        from .diagnostics import WHAT_TO_TRY
+
+        big = float(np.max(np.abs(np.asarray(d.y)), initial=0.0))
+        raise DataError(f"the criterion is not finite at the start theta = "
+                        f"{np.asarray(res.theta0).tolist()} (largest |response| {big:.3g}): "
+                        f"{WHAT_TO_TRY[3]}")
+    return res, notes
 
 
 def _to_host(tree):
@@ -76,6 +115,7 @@ class LinearMixedModel:
     weights_name: str | None = None  # column names, when given by name (for the summary)
     offset_name: str | None = None
     max_iter: int = 200
+    notes: tuple = ()  # notes of the fitting itself (e.g. a start that was replaced)
 
     @cached_property
     def stats(self):
@@ -86,13 +126,12 @@ class LinearMixedModel:
         """The same model refitted (default: same criterion), from ``start`` (default: this
         fit's theta). ``refit(reml=False)`` is lme4's refitML()."""
         reml = self.reml if reml is None else bool(reml)
-        theta0 = self.theta if start is None else np.asarray(start, float)
         t0 = time.perf_counter()
-        res = _to_host(fit_stats(self.stats, reml=reml, theta0=theta0,
-                                 max_iter=self.max_iter, hessian=self.hessian))
+        res, notes = _run(self.stats, self.design, reml, self.theta if start is None else start,
+                          self.max_iter, self.hessian)
         timings = {"design": self.timings.get("design", 0.0), "fit": time.perf_counter() - t0}
         m = LinearMixedModel(self.design, res, reml, self.hessian, self.data_name, timings,
-                             self.weights_name, self.offset_name, self.max_iter)
+                             self.weights_name, self.offset_name, self.max_iter, notes)
         m.__dict__["stats"] = self.stats
         return m
 
@@ -256,7 +295,7 @@ class LinearMixedModel:
         and what to try (empty for a clean fit)."""
         from .diagnostics import singular_message
 
-        msgs = list(self.frame.messages)
+        msgs = list(self.frame.messages) + list(self.notes)
         if self.is_singular:
             msgs.append(singular_message(self.singular_components))
         d = self.diagnostics

@@ -171,6 +171,9 @@ def _check_response_varies(frame: ModelFrame) -> None:
     if frame.weights is not None:
         sw = np.sqrt(frame.weights)
         y, X = y * sw, X * sw[:, None]
+    big = np.max(np.abs(y), initial=0.0)
+    if np.isfinite(big) and big > 0:
+        y = y / big  # no overflow in the norms below for |y| near the float64 limit
     if X.shape[1] == 0:
         r = y
     else:  # coefficients from a subset of rows (exact on all rows if the fit is exact),

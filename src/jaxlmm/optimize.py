@@ -74,9 +74,18 @@ def _proj_grad(theta, g, lower):
     return jnp.where(at, jnp.minimum(g, 0.0), g)
 
 
-MAX_STEP = 1.0  # largest change of any theta in one quasi-Newton step
+MAX_STEP = 1.0  # largest change of any theta in one quasi-Newton step (times max(1, |theta|))
 MAX_CHECKS = 5  # second-order checks at bound points per fit (quasi-Newton)
 STALL_HALVINGS = 20  # a line search this deep near a stationary point: converged
+STATIONARY_TOL = 1e-4  # scaled projected gradient / (1 + |f|) of any converged point
+
+
+def _scaled_pg(theta, g, lower):
+    """max_i |projected gradient_i| * max(1, |theta_i|): the change of the criterion per
+    relative change of a large theta_i. Unscaled, the gradient is tiny on the plateau that the
+    criterion approaches as theta -> infinity, which would pass for convergence."""
+    return jnp.max(jnp.abs(_proj_grad(theta, g, lower)) * jnp.maximum(1.0, jnp.abs(theta)),
+                   initial=0.0)
 
 
 def _bfgs_update(B, sv, yv):
@@ -164,7 +173,8 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         d = jnp.where(free, d, 0.0)
         d = jnp.where(probe, jnp.maximum(d, 0.1), d)
         if not exact_hessian:  # quasi-Newton steps can overshoot wildly: cap them
-            d = d * jnp.minimum(1.0, MAX_STEP / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
+            cap = MAX_STEP * jnp.maximum(1.0, jnp.max(jnp.abs(theta)))  # relative far out
+            d = d * jnp.minimum(1.0, cap / jnp.maximum(jnp.max(jnp.abs(d)), 1e-300))
         # a probe step has no Newton decrement to speak of: never converge on it
         dec = jnp.where(jnp.any(probe), jnp.inf, -jnp.dot(gF, d))
         return d, dec, probe
@@ -224,8 +234,11 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         scale = 1.0 + jnp.abs(f)
 
         d, dec_next, probe = direction(theta, f, g, H, probed)
-        pg = jnp.max(jnp.abs(_proj_grad(theta, g, lower)), initial=0.0)
-        done = acc & ((dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
+        pg = _scaled_pg(theta, g, lower)
+        # the decrement alone is not enough: on the plateau far out (theta -> infinity) the
+        # curvature is ~0 or negative, the floored step tiny, and so is its decrement
+        done = (acc & ((dec <= ftol * scale) | (pg <= gtol * scale)) & ~jnp.any(probe)
+                & (pg <= STATIONARY_TOL * scale))
         # quasi-Newton: a converged point with variances stationary on their bound goes to
         # the second-order check (BFGS's curvature cannot tell a saddle there)
         cert = done & ~s.cert & ((jnp.any(_stuck(theta, g, f)) & (not exact_hessian))
@@ -238,7 +251,7 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         # rounding noise (e.g. an ill-conditioned X) lets tiny steps pass the Armijo test
         # without progress, which would otherwise run to max_iter
         stalled = ~acc & ((~ok_bt & ~reprobe) | (ok_bt & (nls >= STALL_HALVINGS)))
-        stationary = stalled & (pg <= 1e-4 * scale) & ~jnp.any(s.probe)
+        stationary = stalled & (pg <= STATIONARY_TOL * scale) & ~jnp.any(s.probe)
         failed = ~acc & ~ok_bt & ~reprobe
         status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(out_of_budget, 1, jnp.where(
             stationary, 0, jnp.where(failed, 2, jnp.where(cert, -2, -1)))))).astype(jnp.int32)

@@ -1,0 +1,217 @@
+"""Numerical edge cases: boundary (singular) fits and what still works after them, starting
+values that overflow the factorization or sit on the criterion's far plateau, a fit that runs
+out of iterations, the optimizer backing off from non-finite trial points; and, case by
+case, lme4's outcome on the same input (fixtures/make_robustness_fixtures.R)."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from conftest import ROOT
+from jaxlmm.errors import DataError
+from jaxlmm.optimize import minimize
+
+LME4 = {c["name"]: c for c in json.loads(
+    (ROOT / "tests/fixtures/robustness/lme4_outcomes.json").read_text())["cases"]}
+F = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def ss():
+    return jaxlmm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def ref(ss):
+    return jaxlmm.fit(F, ss)
+
+
+# --------------------------------------------------------------------------
+# boundary fits: flagged, named, and everything downstream still works
+# --------------------------------------------------------------------------
+
+
+def _downstream(m, newdata):
+    """summary, ranef, predict (incl. a new level), confint by profile: finite and sane."""
+    text = m.summary()
+    assert "boundary (singular) fit" in text
+    re = m.ranef()
+    assert np.all(np.isfinite(re.condval)) and np.all(np.isfinite(re.condsd))
+    p = m.predict(newdata)
+    assert np.all(np.isfinite(p))
+    ci = m.confint()
+    assert np.all(np.isfinite(ci.to_numpy()))
+    return ci
+
+
+def test_variance_at_zero(ss):
+    """Dyestuff2: lme4 puts the batch variance at 0 and says 'boundary (singular) fit'."""
+    lme4 = LME4["singular_variance"]
+    m = jaxlmm.fit("Yield ~ 1 + (1 | Batch)", jaxlmm.datasets.load("Dyestuff2"))
+    assert m.theta[0] == 0.0 and m.is_singular
+    assert m.singular_components == ["Batch.(Intercept)"]
+    assert any("variance component(s) at zero: Batch.(Intercept)" in s for s in m.messages)
+    assert m.sigma == pytest.approx(lme4["sigma"], rel=1e-7)
+    assert m.objective == pytest.approx(lme4["reml_criterion"], abs=1e-7)
+    assert m.converged and m.diagnostics["ok"]
+    new = pd.DataFrame({"Batch": ["A", "Z"]})
+    ci = _downstream(m, new)
+    np.testing.assert_array_equal(m.ranef().condval, 0.0)  # no shrinkage left to do
+    assert ci.loc[".sig01"].iloc[0] == 0.0  # the profile interval starts at the boundary
+
+
+def test_correlation_at_minus_one():
+    """Intercepts and slopes simulated perfectly correlated: lme4 lands on correlation -1
+    (theta_3 = 0); so must we, at a criterion no worse than lme4's."""
+    lme4 = LME4["correlation_boundary"]
+    data = pd.read_csv(ROOT / "tests/fixtures/data/robust_corr.csv")
+    m = jaxlmm.fit("y ~ x + (x | g)", data)
+    assert m.objective <= lme4["reml_criterion"] + 1e-7
+    assert m.objective == pytest.approx(lme4["reml_criterion"], abs=1e-5)
+    np.testing.assert_allclose(m.theta, lme4["theta"], rtol=1e-4, atol=1e-5)
+    assert m.is_singular and m.singular_components == ["g.x"]
+    corr = m.varcorr.query("var2 == var2")  # the correlation row
+    assert corr.sdcor.iloc[0] == pytest.approx(-1.0, abs=1e-12)
+    assert m.converged and m.diagnostics["ok"]
+    _downstream(m, pd.DataFrame({"x": [0.0, 2.0], "g": ["g01", "new"]}))
+
+
+# --------------------------------------------------------------------------
+# starting values
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start, text", [
+    ([np.nan, 0, 1], r"start must be finite; got Subject.\(Intercept\) = nan"),
+    ([1, 0, np.inf], r"Subject.Days = inf"),
+    ([-1, 0, 1], r"below the lower bound 0 .*Subject.\(Intercept\) = -1"),
+    ([1, 0], r"must have 3 elements"),
+    ("one", r"must be 3 numbers"),
+])
+def test_bad_start_is_an_error_before_fitting(ss, start, text):
+    with pytest.raises(ValueError, match=text):
+        jaxlmm.fit(F, ss, start=start)
+
+
+def test_start_that_overflows_the_factorization(ss, ref):
+    """theta = 1e9 makes the criterion non-finite at the start: refitted from the default
+    start, with a note (never NaN estimates)."""
+    m = jaxlmm.fit(F, ss, start=[1e9, 0, 1e9])
+    assert m.converged and m.objective == pytest.approx(ref.objective, abs=1e-8)
+    assert any("not finite at the given start" in s for s in m.messages)
+    np.testing.assert_allclose(m.theta, ref.theta, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hessian", ["bfgs", "exact"])
+def test_far_start_reaches_the_optimum(ss, ref, hessian):
+    m = jaxlmm.fit(F, ss, start=[1e3, 0, 1e-3], hessian=hessian)
+    assert m.converged and m.objective == pytest.approx(ref.objective, abs=1e-7)
+
+
+def test_start_on_the_plateau_is_not_called_converged(ss, ref):
+    """As theta -> infinity the criterion flattens towards a limit; at theta_1 = 1e20 every
+    gradient is ~1e-19. The fit must not report convergence there (the gradient test is
+    scaled by |theta|), and must say what to try."""
+    m = jaxlmm.fit(F, ss, start=[1e20, 0, 1e-3])
+    assert not m.converged and m.optinfo["status"] == 1
+    assert m.objective > ref.objective + 100
+    assert any("try the default start" in s for s in m.messages)
+
+
+def test_extreme_response_scale_is_an_error(ss):
+    with pytest.raises(DataError, match=r"not finite at the start .*largest \|response\| \d\.\d+e\+202"):
+        jaxlmm.fit(F, ss.assign(Reaction=ss.Reaction * 1e200))
+
+
+# --------------------------------------------------------------------------
+# the iteration budget
+# --------------------------------------------------------------------------
+
+
+def test_iteration_budget_reported(ss, ref):
+    """lme4 with maxeval = 5 warns (convergence code 5, NLOPT_MAXEVAL_REACHED) and returns
+    its estimates; here: a result with converged False, status 1 and what to try."""
+    assert any("MAXEVAL_REACHED" in w for w in LME4["iteration_budget"]["warnings"])
+    m = jaxlmm.fit(F, ss, max_iter=2)
+    assert not m.converged and m.optinfo["status"] == 1 and m.optinfo["iterations"] == 2
+    assert m.objective > ref.objective
+    msg = [s for s in m.messages if s.startswith("convergence:")]
+    assert msg and "maximum number of iterations" in msg[0] and "max_iter=1000" in msg[0]
+    assert "maximum number of iterations" in m.summary()
+    assert m.to_dict()["converged"] is False
+    m2 = jaxlmm.fit(F, ss, start=m.theta)  # continues from where it stopped
+    assert m2.converged and m2.objective == pytest.approx(ref.objective, abs=1e-8)
+
+
+# --------------------------------------------------------------------------
+# the optimizer backs off from non-finite trial points
+# --------------------------------------------------------------------------
+
+
+def test_optimizer_backs_off_from_nan():
+    """f(x) = sum sqrt(1 + (x - 1.9)^2) is NaN for any x_i > 2.5. The Newton step from
+    x = 0 is 1.9 (1 + 1.9^2) = 8.76 (into the NaN region): the line search halves it until
+    the criterion is finite and decreases, and the fit converges to 1.9."""
+    def f(x):
+        v = jnp.sum(jnp.sqrt(1.0 + (x - 1.9) ** 2))
+        return jnp.where(jnp.all(x <= 2.5), v, jnp.nan)
+
+    for exact in (True, False):
+        r = minimize(f, jnp.zeros(2), jnp.array([0.0, -jnp.inf]), exact_hessian=exact)
+        assert int(r.status) == 0 and np.isfinite(float(r.fun))
+        np.testing.assert_allclose(np.asarray(r.theta), 1.9, atol=1e-6)
+        assert int(r.evaluations) > int(r.iterations)  # back-tracking happened
+
+
+# --------------------------------------------------------------------------
+# lme4's outcome vs ours, case by case (the table in docs/robustness.md)
+# --------------------------------------------------------------------------
+
+
+def _data(ss, name):
+    d = ss.copy()
+    if name == "inf_response":
+        d.loc[0, "Reaction"] = np.inf
+    elif name == "single_level_factor":
+        d["f"] = "a"
+    elif name == "levels_ge_observations":
+        d["obs"] = np.arange(len(d)).astype(str)
+    elif name == "one_group":
+        d["one"] = "all"
+    elif name == "missing_group_values":
+        d["Subject"] = d.Subject.astype(object)
+        d.loc[:2, "Subject"] = None
+    return d
+
+
+ERRORS = {  # lme4 errors; so do we, with our own words for the same problem
+    "inf_response": ("Reaction ~ Days + (Days | Subject)", r"non-finite|inf"),
+    "single_level_factor": ("Reaction ~ Days + f + (Days | Subject)", "fewer than 2 levels"),
+    "levels_ge_observations": ("Reaction ~ Days + (1 | obs)", "obs"),
+    "one_group": ("Reaction ~ Days + (1 | one)", "one"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_lme4_errors_are_errors_here(ss, name):
+    assert LME4[name]["outcome"] == "error"
+    formula, text = ERRORS[name]
+    with pytest.raises(DataError, match=text):
+        jaxlmm.fit(formula, _data(ss, name))
+
+
+def test_missing_group_values_as_lme4(ss):
+    """Rows with a missing Subject are dropped (na.omit) before fitting, as lme4 does. lme4
+    warns that it did not converge (max|grad| 0.0033); our criterion is lower and theta
+    within 1e-3."""
+    lme4 = LME4["missing_group_values"]
+    assert any("failed to converge" in w for w in lme4["warnings"])
+    m = jaxlmm.fit(F, _data(ss, "missing_group_values"))
+    assert m.nobs == 177 and "3 rows with missing values dropped" in m.messages
+    assert m.converged and m.objective <= lme4["reml_criterion"]
+    assert m.objective == pytest.approx(lme4["reml_criterion"], abs=1e-4)
+    np.testing.assert_allclose(m.theta, lme4["theta"], rtol=1e-3)
