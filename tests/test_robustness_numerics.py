@@ -15,8 +15,8 @@ from conftest import ROOT
 from jaxlmm.errors import DataError
 from jaxlmm.optimize import minimize
 
-LME4 = {c["name"]: c for c in json.loads(
-    (ROOT / "tests/fixtures/robustness/lme4_outcomes.json").read_text())["cases"]}
+_FX = json.loads((ROOT / "tests/fixtures/robustness/lme4_outcomes.json").read_text())
+LME4 = {c["name"]: c for c in _FX["cases"]}
 F = "Reaction ~ Days + (Days | Subject)"
 
 
@@ -77,7 +77,29 @@ def test_correlation_at_minus_one():
     corr = m.varcorr.query("var2 == var2")  # the correlation row
     assert corr.sdcor.iloc[0] == pytest.approx(-1.0, abs=1e-12)
     assert m.converged and m.diagnostics["ok"]
-    _downstream(m, pd.DataFrame({"x": [0.0, 2.0], "g": ["g01", "new"]}))
+    with pytest.warns(UserWarning, match="inner optimization"):  # one far bracketing point
+        ci = _downstream(m, pd.DataFrame({"x": [0.0, 2.0], "g": ["g01", "new"]}))
+    ref = _FX["correlation_boundary_confint"]
+    assert list(ci.index) == ref["names"]
+    lo, hi = ci.to_numpy().T
+    # lower limits, and the upper limits of sigma and the fixed effects, as lme4 (up to its
+    # spline); .sig03's lower limit: lme4 0.060936, brute force 0.061169 (deviance 3.84146
+    # there, 3.8503 at lme4's), ours 0.061169
+    np.testing.assert_allclose(lo[[0, 1, 3, 4, 5]], np.array(ref["lower"])[[0, 1, 3, 4, 5]],
+                               rtol=1e-5)
+    assert lo[2] == pytest.approx(0.0611686, abs=1e-6)
+    np.testing.assert_allclose(hi[3:], ref["upper"][3:], rtol=1e-5)
+    # the sds' upper limits: lme4 3.02995 / 0.56049; brute-force profiling (Nelder-Mead,
+    # many starts) puts the cut-off at 3.0300 / 0.56002. Before free correlations stuck at
+    # -1 were handled (profile._off_the_corner) these were 2.67 / 0.503
+    assert hi[0] == pytest.approx(ref["upper"][0], rel=1e-4)
+    assert hi[2] == pytest.approx(0.56002, abs=2e-5)
+    # the correlation: lme4 says [-1, 1]; the profiled deviance reaches the chi-square
+    # cut-off 3.8415 at -0.677 (brute force: 3.8419 there, 6.42 from 0 to 1), so ours ends
+    # there
+    assert lo[1] == -1.0 and hi[1] == pytest.approx(-0.677062, abs=1e-5)
+    z = m.profile().zeta(".sig02", [hi[1]])[".zeta"].iloc[0]
+    assert z == pytest.approx(1.959964, abs=1e-6)
 
 
 # --------------------------------------------------------------------------
@@ -200,8 +222,10 @@ ERRORS = {  # lme4 errors; so do we, with our own words for the same problem
 def test_lme4_errors_are_errors_here(ss, name):
     assert LME4[name]["outcome"] == "error"
     formula, text = ERRORS[name]
-    with pytest.raises(DataError, match=text):
+    with pytest.raises(DataError, match=text) as err:
         jaxlmm.fit(formula, _data(ss, name))
+    if name in ("levels_ge_observations", "one_group"):  # lme4's own words
+        assert LME4[name]["error"].split(" (problems")[0] in str(err.value)
 
 
 def test_missing_group_values_as_lme4(ss):

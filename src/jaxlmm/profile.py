@@ -496,6 +496,30 @@ class Profile:
             self._plateaus[w] = best
         return self._plateaus[w]
 
+    def _off_the_corner(self, w: int, prob: Problem, x: float, pt: Point) -> Point:
+        """A free correlation that ends at -1 or 1 may be stuck there: d sqrt(1 - r^2) / dr is
+        infinite at the bound, so the gradient there cannot say whether moving inward pays
+        (a boundary fit with a correlation of -1 gave profile limits well inside lme4's).
+        Two more solves, keeping the lowest deviance: with those correlations held at the
+        bound (the other parameters then optimized properly), and from the same point with
+        them pulled in to 0.9 r (where moving inward pays, the search goes there)."""
+        u = np.asarray(pt.u, float)
+        corner = [i for i, kd in enumerate(self.kinds[:self.n_theta])
+                  if kd == "cor" and i != w and abs(u[i]) >= 1.0 - 1e-9]
+        if not corner:
+            return pt
+        lo, hi = np.array(prob.lo, float), np.array(prob.hi, float)
+        lo[corner] = hi[corner] = np.sign(u[corner])
+        inward = u.copy()
+        inward[corner] *= 0.9
+        best = pt
+        for cand in (self._eval(prob._replace(lo=lo, hi=hi), x, u),
+                     self._eval(prob, x, inward)):
+            if int(cand.status) in (0, 1) and (float(cand.dev) < float(best.dev) - 1e-9
+                                               or int(best.status) not in (0, 1)):
+                best = cand
+        return best
+
     def _zeta_at(self, w: int, prob: Problem, x: float, u0, restart: bool = False):
         """zeta(x), the deviance difference and the Point, started from u0 (and, with
         ``restart``, also from the ML optimum, keeping the lower of the two)."""
@@ -505,6 +529,7 @@ class Profile:
             if int(pt2.status) in (0, 1) and (float(pt2.dev) < float(pt.dev) - 1e-9
                                               or int(pt.status) not in (0, 1)):
                 pt = pt2
+        pt = self._off_the_corner(w, prob, x, pt)
         if int(pt.status) not in (0, 1):
             warnings.warn(f"profile point {self.names[w]} = {x:.6g}: inner optimization "
                           f"status {int(pt.status)}", stacklevel=3)
