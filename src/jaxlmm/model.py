@@ -21,7 +21,7 @@ from .stats import suffstats
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
         start=None, max_iter: int = 200, hessian: str = "auto",
-        data_name: str | None = None) -> "LinearMixedModel":
+        data_name: str | None = None, chunk_rows: int | None = None) -> "LinearMixedModel":
     """Fit a linear mixed model with lme4 syntax, e.g. ``"y ~ x + (1 + x | g)"``.
 
     The composition of the functional layer: ``design`` -> ``suffstats`` -> ``fit_stats``,
@@ -34,11 +34,13 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     ``max_iter``: optimizer iterations (0 evaluates at ``start`` without optimizing).
     ``hessian``: "exact" (Newton), "bfgs" (quasi-Newton on exact gradients, started from the
     exact Hessian at the start) or "auto" (currently "bfgs"; see implicit.use_exact_hessian).
+    ``chunk_rows``: compute the sufficient statistics in chunks of this many rows (bounded
+    memory for the pass; stats.suffstats).
     """
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
-    stats = suffstats(d)
+    stats = suffstats(d, chunk_rows=chunk_rows)
     res, notes = _run(stats, d, reml, start, max_iter, hessian)
     t2 = time.perf_counter()
     m = LinearMixedModel(d, res, reml, hessian, data_name,

@@ -21,7 +21,7 @@ responses (only the y-dependent blocks E and M are then batched) and differentia
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import NamedTuple
 
@@ -62,6 +62,25 @@ class Stats:
     def dtype(self):
         return self.M.dtype
 
+    def __add__(self, other: "Stats") -> "Stats":
+        """The statistics of the union of two disjoint sets of rows of one design, computed
+        with one Scale (``chunk_stats``): every block is a sum over rows."""
+        if not isinstance(other, Stats):
+            return NotImplemented
+        if other.struct != self.struct:
+            raise ValueError("statistics of different designs cannot be added")
+        same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a),
+                                                                       np.asarray(b))),
+                                      self.scale, other.scale)
+        if not all(jax.tree_util.tree_leaves(same)):
+            raise ValueError("statistics computed with different Scales cannot be added; "
+                             "compute the chunks with chunk_stats(design, rows, scale) and "
+                             "one scale (e.g. sample_scale(design))")
+        add = partial(jax.tree_util.tree_map, jnp.add)
+        return replace(self, D=add(self.D, other.D), C=add(self.C, other.C),
+                       P=add(self.P, other.P), E=add(self.E, other.E), M=self.M + other.M,
+                       n=self.n + other.n, ldw=self.ldw + other.ldw)
+
 
 class Scale(NamedTuple):
     """How y and X were centred, scaled and orthogonalized before forming the cross-products.
@@ -93,12 +112,17 @@ def find_intercept(X: np.ndarray) -> int | None:
     return None
 
 
+def _x0(X, y, i0):
+    """The intercept column (zeros without an intercept)."""
+    return X[:, i0] if i0 is not None else jnp.zeros_like(y)
+
+
 def _scale(X, y, w, i0):
     """Scale (see there) of weighted data; returns it and the intercept column x0."""
     sw = jnp.sum(w)
     n, p = X.shape
     if i0 is not None:
-        x0 = X[:, i0]
+        x0 = _x0(X, y, i0)
         c = jnp.dot(w, y) / sw
         m = (w @ X / sw).at[i0].set(0.0)
     else:
@@ -132,11 +156,14 @@ def _outer_sum(a, b, seg, num):
 
 
 @partial(jax.jit, static_argnames=("struct", "dtype"))
-def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype):
+def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype, scale=None,
+          valid=None):
     """The one pass over the rows: scaling, then every block of [Z X y]'W[Z X y].
 
     Inputs may be numpy arrays of any floating type: they are cast here, inside the compiled
-    program (one transfer, no eager dispatches)."""
+    program (one transfer, no eager dispatches). ``scale``: use this Scale instead of the
+    rows' own (chunks of one data set share one). ``valid``: False for padding rows, which
+    must have weight 0 (they then add nothing)."""
     nchain = len(struct.chain)
     facs = struct.factors
     cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
@@ -144,7 +171,10 @@ def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype):
     w = jnp.ones(y.shape[0], dtype) if w is None else cast(w)
     if offset is not None:
         y = y - offset
-    scale, x0 = _scale(X, y, w, struct.intercept)
+    if scale is None:
+        scale, x0 = _scale(X, y, w, struct.intercept)
+    else:
+        scale, x0 = jax.tree_util.tree_map(cast, scale), _x0(X, y, struct.intercept)
     sw = jnp.sqrt(w)[:, None]
     # Xs = (X - x0 m') R^{-1}, i.e. R' Xs' = (X - x0 m')'
     Xs = jax.scipy.linalg.solve_triangular(scale.R, (X - x0[:, None] * scale.m).T,
@@ -183,20 +213,16 @@ def _pass(Zs, codes, pair_rows, X, y, w, offset, struct: Structure, dtype):
             M = M.at[rows_r[:, :, None], rows_r2[:, None, :]].add(prod)
             M = M.at[rows_r2[:, None, :], rows_r[:, :, None]].add(prod)
     M = M.at[xy0:, xy0:].add(XY.T @ XY)
-    n = jnp.asarray(y.shape[0], XY.dtype)
-    return tuple(D), C, P, tuple(E), M, n, jnp.sum(jnp.log(w)), scale
+    if valid is None:
+        n, ldw = jnp.asarray(y.shape[0], XY.dtype), jnp.sum(jnp.log(w))
+    else:
+        n = jnp.sum(valid).astype(XY.dtype)
+        ldw = jnp.sum(jnp.where(valid, jnp.log(jnp.where(valid, w, 1.0)), 0.0))
+    return tuple(D), C, P, tuple(E), M, n, ldw, scale
 
 
-def suffstats(design, y=None, X=None, *, dtype=None) -> Stats:
-    """Sufficient statistics of a design (modeldesign.Design): a ``Stats`` pytree.
-
-    ``y`` (n,) and ``X`` (n, p) replace the design's response and fixed-effects matrix (same
-    shapes; X keeps the design's intercept column, if any, and should have full column
-    rank, which is checked only for the design's own X). Pure and jittable: inside
-    ``jax.vmap`` over ``y`` only the y-dependent blocks are batched; derivatives in ``y``
-    and ``X`` are exact. ``dtype`` (default float64) is the floating type of the statistics.
-    """
-    st = design.struct
+def _inputs(design, y, X, dtype):
+    """The response, X and dtype a pass uses (validated)."""
     n, p = design.X.shape
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float64)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -210,10 +236,100 @@ def suffstats(design, y=None, X=None, *, dtype=None) -> Stats:
     if jnp.shape(X) != (n, p):
         raise ValueError(f"X must have shape ({n}, {p}) (the design's rows and fixed-effects "
                          f"columns), got {jnp.shape(X)}")
+    return y, X, dtype
+
+
+def _stats(design, out) -> Stats:
+    D, C, P, E, M, nobs, ldw, scale = out
     pat = design.pattern
-    pair_rows = {key: (pat.prow[key], pat.pi[key]) for key in pat.pi}
-    D, C, P, E, M, nobs, ldw, scale = _pass(tuple(design.Z), design.codes, pair_rows, X, y,
-                                            design.weights, design.offset, st, dtype)
-    return Stats(D=D, C=C, P=P, E=E, M=M, n=nobs, ldw=ldw, scale=scale, struct=st,
+    return Stats(D=D, C=C, P=P, E=E, M=M, n=nobs, ldw=ldw, scale=scale, struct=design.struct,
                  parent=pat.parent, pi=pat.pi, pj=pat.pj, pmap=pat.pmap, ppa=pat.ppa,
                  ppb=pat.ppb, ppt=pat.ppt, ppj=pat.ppj)
+
+
+def suffstats(design, y=None, X=None, *, dtype=None, chunk_rows: int | None = None) -> Stats:
+    """Sufficient statistics of a design (modeldesign.Design): a ``Stats`` pytree.
+
+    ``y`` (n,) and ``X`` (n, p) replace the design's response and fixed-effects matrix (same
+    shapes; X keeps the design's intercept column, if any, and should have full column
+    rank, which is checked only for the design's own X). Pure and jittable: inside
+    ``jax.vmap`` over ``y`` only the y-dependent blocks are batched; derivatives in ``y``
+    and ``X`` are exact. ``dtype`` (default float64) is the floating type of the statistics.
+
+    ``chunk_rows``: make the pass in chunks of this many rows and add them up (``chunk_stats``),
+    so that the pass's temporaries are bounded by the chunk, not by n (host loop: not under
+    jit). The chunks share one Scale taken from an evenly spaced sample of up to 100,000
+    rows (``sample_scale``); criterion and estimates are the same as from one pass. Each
+    chunk writes every per-level block in full, so chunks much larger than the number of
+    levels keep the overhead small.
+    """
+    y, X, dtype = _inputs(design, y, X, dtype)
+    n = design.X.shape[0]
+    if chunk_rows is not None:
+        chunk_rows = int(chunk_rows)
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive number of rows, got {chunk_rows}")
+    if chunk_rows is None or n <= chunk_rows:
+        pat = design.pattern
+        pair_rows = {key: (pat.prow[key], pat.pi[key]) for key in pat.pi}
+        return _stats(design, _pass(tuple(design.Z), design.codes, pair_rows, X, y,
+                                    design.weights, design.offset, design.struct, dtype))
+    scale = sample_scale(design, y=y, X=X, rows=min(chunk_rows, 100_000), dtype=dtype)
+    total = None
+    for start in range(0, n, chunk_rows):
+        part = chunk_stats(design, slice(start, min(start + chunk_rows, n)), scale, y=y, X=X,
+                           dtype=dtype, pad_to=chunk_rows)
+        total = part if total is None else total + part
+    return total
+
+
+def _rows(a, rows, pad: int, fill=0):
+    """a[rows] (host), padded with ``pad`` rows of ``fill``."""
+    out = np.asarray(a)[rows]
+    if pad:
+        out = np.concatenate([out, np.full((pad,) + out.shape[1:], fill, out.dtype)])
+    return out
+
+
+def sample_scale(design, y=None, X=None, *, rows: int = 100_000, dtype=None) -> Scale:
+    """The Scale (centring, scaling, orthogonalization; see ``Scale``) of an evenly spaced
+    sample of ``rows`` rows: any Scale is an exact reparametrization, a representative one
+    keeps the cross-products well conditioned."""
+    y, X, dtype = _inputs(design, y, X, dtype)
+    n = design.X.shape[0]
+    k = max(min(n, int(rows)), 1)
+    idx = (np.arange(k, dtype=np.int64) * (n - 1)) // max(k - 1, 1)  # evenly spaced, sorted
+    w = None if design.weights is None else np.asarray(design.weights)[idx]
+    off = None if design.offset is None else np.asarray(design.offset)[idx]
+    return _sample_scale(np.asarray(X)[idx], np.asarray(y)[idx], w, off,
+                         intercept=design.struct.intercept, dtype=dtype)
+
+
+@partial(jax.jit, static_argnames=("intercept", "dtype"))
+def _sample_scale(X, y, w, offset, intercept, dtype):
+    X, y = jnp.asarray(X, dtype), jnp.asarray(y, dtype)
+    w = jnp.ones(y.shape[0], dtype) if w is None else jnp.asarray(w, dtype)
+    if offset is not None:
+        y = y - jnp.asarray(offset, dtype)
+    return _scale(X, y, w, intercept)[0]
+
+
+def chunk_stats(design, rows, scale: Scale, *, y=None, X=None, dtype=None,
+                pad_to: int | None = None) -> Stats:
+    """The statistics of some rows of a design (a slice or an index array) with a given
+    Scale (e.g. ``sample_scale(design)``). Statistics of disjoint rows with one Scale add up
+    (``Stats.__add__``) to those of all the rows. ``pad_to``: pad the chunk with rows of
+    weight 0 to this many rows, so that chunks of one size share one compiled pass."""
+    y, X, dtype = _inputs(design, y, X, dtype)
+    k = len(np.arange(design.X.shape[0])[rows])
+    pad = 0 if pad_to is None else max(int(pad_to) - k, 0)
+    pat = design.pattern
+    w = np.ones(design.X.shape[0]) if design.weights is None else design.weights
+    pair_rows = {key: (_rows(pat.prow[key], rows, pad), pat.pi[key]) for key in pat.pi}
+    valid = None if not pad else np.arange(k + pad) < k
+    out = _pass(tuple(_rows(Z, rows, pad) for Z in design.Z),
+                tuple(_rows(c, rows, pad) for c in design.codes), pair_rows,
+                _rows(X, rows, pad), _rows(y, rows, pad), _rows(w, rows, pad),
+                None if design.offset is None else _rows(design.offset, rows, pad),
+                design.struct, dtype, scale=scale, valid=valid)
+    return _stats(design, out)
