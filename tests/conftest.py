@@ -29,6 +29,12 @@ def sleepstudy():
     return jaxlmm.datasets.load("sleepstudy")
 
 
+@pytest.fixture(scope="session")
+def sleepstudy_fit(sleepstudy):
+    """lme4's sleepstudy model, ``Reaction ~ Days + (Days | Subject)``, REML."""
+    return jaxlmm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
     """Drop JAX's in-memory compiled programs after each test module: one process compiling

@@ -20,16 +20,6 @@ LME4 = {c["name"]: c for c in _FX["cases"]}
 F = "Reaction ~ Days + (Days | Subject)"
 
 
-@pytest.fixture(scope="module")
-def ss():
-    return jaxlmm.datasets.load("sleepstudy")
-
-
-@pytest.fixture(scope="module")
-def ref(ss):
-    return jaxlmm.fit(F, ss)
-
-
 # --------------------------------------------------------------------------
 # boundary fits: flagged, named, and everything downstream still works
 # --------------------------------------------------------------------------
@@ -48,7 +38,7 @@ def _downstream(m, newdata):
     return ci
 
 
-def test_variance_at_zero(ss):
+def test_variance_at_zero(sleepstudy):
     """Dyestuff2: lme4 puts the batch variance at 0 and says 'boundary (singular) fit'."""
     lme4 = LME4["singular_variance"]
     m = jaxlmm.fit("Yield ~ 1 + (1 | Batch)", jaxlmm.datasets.load("Dyestuff2"))
@@ -114,39 +104,39 @@ def test_correlation_at_minus_one():
     ([1, 0], r"must have 3 elements"),
     ("one", r"must be 3 numbers"),
 ])
-def test_bad_start_is_an_error_before_fitting(ss, start, text):
+def test_bad_start_is_an_error_before_fitting(sleepstudy, start, text):
     with pytest.raises(ValueError, match=text):
-        jaxlmm.fit(F, ss, start=start)
+        jaxlmm.fit(F, sleepstudy, start=start)
 
 
-def test_start_that_overflows_the_factorization(ss, ref):
+def test_start_that_overflows_the_factorization(sleepstudy, sleepstudy_fit):
     """theta = 1e9 makes the criterion non-finite at the start: refitted from the default
     start, with a note (never NaN estimates)."""
-    m = jaxlmm.fit(F, ss, start=[1e9, 0, 1e9])
-    assert m.converged and m.objective == pytest.approx(ref.objective, abs=1e-8)
+    m = jaxlmm.fit(F, sleepstudy, start=[1e9, 0, 1e9])
+    assert m.converged and m.objective == pytest.approx(sleepstudy_fit.objective, abs=1e-8)
     assert any("not finite at the given start" in s for s in m.messages)
-    np.testing.assert_allclose(m.theta, ref.theta, rtol=1e-5)
+    np.testing.assert_allclose(m.theta, sleepstudy_fit.theta, rtol=1e-5)
 
 
 @pytest.mark.parametrize("hessian", ["bfgs", "exact"])
-def test_far_start_reaches_the_optimum(ss, ref, hessian):
-    m = jaxlmm.fit(F, ss, start=[1e3, 0, 1e-3], hessian=hessian)
-    assert m.converged and m.objective == pytest.approx(ref.objective, abs=1e-7)
+def test_far_start_reaches_the_optimum(sleepstudy, sleepstudy_fit, hessian):
+    m = jaxlmm.fit(F, sleepstudy, start=[1e3, 0, 1e-3], hessian=hessian)
+    assert m.converged and m.objective == pytest.approx(sleepstudy_fit.objective, abs=1e-7)
 
 
-def test_start_on_the_plateau_is_not_called_converged(ss, ref):
+def test_start_on_the_plateau_is_not_called_converged(sleepstudy, sleepstudy_fit):
     """As theta -> infinity the criterion flattens towards a limit; at theta_1 = 1e20 every
     gradient is ~1e-19. The fit must not report convergence there (the gradient test is
     scaled by |theta|), and must say what to try."""
-    m = jaxlmm.fit(F, ss, start=[1e20, 0, 1e-3])
+    m = jaxlmm.fit(F, sleepstudy, start=[1e20, 0, 1e-3])
     assert not m.converged and m.optinfo["status"] == 1
-    assert m.objective > ref.objective + 100
+    assert m.objective > sleepstudy_fit.objective + 100
     assert any("try the default start" in s for s in m.messages)
 
 
-def test_extreme_response_scale_is_an_error(ss):
+def test_extreme_response_scale_is_an_error(sleepstudy):
     with pytest.raises(DataError, match=r"not finite at the start .*largest \|response\| \d\.\d+e\+202"):
-        jaxlmm.fit(F, ss.assign(Reaction=ss.Reaction * 1e200))
+        jaxlmm.fit(F, sleepstudy.assign(Reaction=sleepstudy.Reaction * 1e200))
 
 
 # --------------------------------------------------------------------------
@@ -154,19 +144,19 @@ def test_extreme_response_scale_is_an_error(ss):
 # --------------------------------------------------------------------------
 
 
-def test_iteration_budget_reported(ss, ref):
+def test_iteration_budget_reported(sleepstudy, sleepstudy_fit):
     """lme4 with maxeval = 5 warns (convergence code 5, NLOPT_MAXEVAL_REACHED) and returns
     its estimates; here: a result with converged False, status 1 and what to try."""
     assert any("MAXEVAL_REACHED" in w for w in LME4["iteration_budget"]["warnings"])
-    m = jaxlmm.fit(F, ss, max_iter=2)
+    m = jaxlmm.fit(F, sleepstudy, max_iter=2)
     assert not m.converged and m.optinfo["status"] == 1 and m.optinfo["iterations"] == 2
-    assert m.objective > ref.objective
+    assert m.objective > sleepstudy_fit.objective
     msg = [s for s in m.messages if s.startswith("convergence:")]
     assert msg and "maximum number of iterations" in msg[0] and "max_iter=1000" in msg[0]
     assert "maximum number of iterations" in m.summary()
     assert m.to_dict()["converged"] is False
-    m2 = jaxlmm.fit(F, ss, start=m.theta)  # continues from where it stopped
-    assert m2.converged and m2.objective == pytest.approx(ref.objective, abs=1e-8)
+    m2 = jaxlmm.fit(F, sleepstudy, start=m.theta)  # continues from where it stopped
+    assert m2.converged and m2.objective == pytest.approx(sleepstudy_fit.objective, abs=1e-8)
 
 
 # --------------------------------------------------------------------------
@@ -194,8 +184,8 @@ def test_optimizer_backs_off_from_nan():
 # --------------------------------------------------------------------------
 
 
-def _data(ss, name):
-    d = ss.copy()
+def _data(sleepstudy, name):
+    d = sleepstudy.copy()
     if name == "inf_response":
         d.loc[0, "Reaction"] = np.inf
     elif name == "single_level_factor":
@@ -219,22 +209,22 @@ ERRORS = {  # lme4 errors; so do we, with our own words for the same problem
 
 
 @pytest.mark.parametrize("name", sorted(ERRORS))
-def test_lme4_errors_are_errors_here(ss, name):
+def test_lme4_errors_are_errors_here(sleepstudy, name):
     assert LME4[name]["outcome"] == "error"
     formula, text = ERRORS[name]
     with pytest.raises(DataError, match=text) as err:
-        jaxlmm.fit(formula, _data(ss, name))
+        jaxlmm.fit(formula, _data(sleepstudy, name))
     if name in ("levels_ge_observations", "one_group"):  # lme4's own words
         assert LME4[name]["error"].split(" (problems")[0] in str(err.value)
 
 
-def test_missing_group_values_as_lme4(ss):
+def test_missing_group_values_as_lme4(sleepstudy):
     """Rows with a missing Subject are dropped (na.omit) before fitting, as lme4 does. lme4
     warns that it did not converge (max|grad| 0.0033); our criterion is lower and theta
     within 1e-3."""
     lme4 = LME4["missing_group_values"]
     assert any("failed to converge" in w for w in lme4["warnings"])
-    m = jaxlmm.fit(F, _data(ss, "missing_group_values"))
+    m = jaxlmm.fit(F, _data(sleepstudy, "missing_group_values"))
     assert m.nobs == 177 and "3 rows with missing values dropped" in m.messages
     assert m.converged and m.objective <= lme4["reml_criterion"]
     assert m.objective == pytest.approx(lme4["reml_criterion"], abs=1e-4)
