@@ -11,6 +11,7 @@ import pandas as pd
 
 from .diagnostics import SINGULAR_TOL
 from .engine import FitResult, fit_stats, use_exact_hessian
+from . import memory
 from .errors import DataError
 from .frame import ModelFrame
 from .modeldesign import Design, design as make_design
@@ -40,6 +41,7 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
+    memory.check(d, chunk_rows=chunk_rows)  # an error now rather than out of memory later
     stats = suffstats(d, chunk_rows=chunk_rows)
     res, notes = _run(stats, d, reml, start, max_iter, hessian)
     t2 = time.perf_counter()
