@@ -26,7 +26,7 @@ from .model import LinearMixedModel, fit  # noqa: E402
 from .modeldesign import Design, design, design_from_arrays  # noqa: E402
 from .optimize import STATUS  # noqa: E402
 from .solution import Solution  # noqa: E402
-from .stats import Stats, chunk_stats, sample_scale, suffstats  # noqa: E402
+from .stats import Stats, chunk_stats, sample_scale, sharded_suffstats, suffstats  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "Design",
     "suffstats",
     "chunk_stats",
+    "sharded_suffstats",
     "sample_scale",
     "Stats",
     "objective",

@@ -333,3 +333,50 @@ def chunk_stats(design, rows, scale: Scale, *, y=None, X=None, dtype=None,
                 None if design.offset is None else _rows(design.offset, rows, pad),
                 design.struct, dtype, scale=scale, valid=valid)
     return _stats(design, out)
+
+
+def sharded_suffstats(design, devices=None, *, y=None, X=None, dtype=None) -> Stats:
+    """The statistics pass split by rows across ``devices`` (default: all of JAX's devices)
+    with JAX's own sharding: each device reduces its rows (shard_map) and the blocks are
+    summed across devices (psum). One Scale, from ``sample_scale``, is shared; rows are padded
+    with weight-0 rows to a multiple of the device count. Equal to ``suffstats`` up to
+    rounding, on any number of devices."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as Spec
+
+    devices = list(jax.devices() if devices is None else devices)
+    y, X, dtype = _inputs(design, y, X, dtype)
+    n = design.X.shape[0]
+    nd = len(devices)
+    scale = sample_scale(design, y=y, X=X, dtype=dtype)
+    per = -(-n // nd)
+    pad = per * nd - n
+    rows = slice(0, n)
+    pat = design.pattern
+    w = np.ones(n) if design.weights is None else design.weights
+    keys = list(pat.pi)
+    mesh = Mesh(np.array(devices), ("rows",))
+    row_spec, rep = Spec("rows"), Spec()
+    st = design.struct
+    has_off = design.offset is not None
+
+    def local(Zs, codes, prows, pis, Xl, yl, wl, offl, valid, sc):
+        pair_rows = {key: (prows[i], pis[i]) for i, key in enumerate(keys)}
+        D, C, P, E, M, nobs, ldw, _ = _pass(Zs, codes, pair_rows, Xl, yl, wl,
+                                           offl if has_off else None, st, dtype, scale=sc,
+                                           valid=valid)
+        return jax.lax.psum((D, C, P, E, M, nobs, ldw), "rows")
+
+    args = (tuple(_rows(Z, rows, pad) for Z in design.Z),
+            tuple(_rows(c, rows, pad) for c in design.codes),
+            tuple(_rows(pat.prow[key], rows, pad) for key in keys),
+            tuple(np.asarray(pat.pi[key]) for key in keys),
+            _rows(X, rows, pad), _rows(y, rows, pad), _rows(w, rows, pad),
+            _rows(design.offset if has_off else np.zeros(n), rows, pad),
+            np.arange(n + pad) < n, scale)
+    specs = (row_spec, row_spec, row_spec, rep, row_spec, row_spec, row_spec, row_spec,
+             row_spec, rep)
+    placed = tuple(jax.tree_util.tree_map(
+        lambda a, s=s: jax.device_put(a, NamedSharding(mesh, s)), a) for a, s in zip(args, specs))
+    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rep))
+    D, C, P, E, M, nobs, ldw = fn(*placed)
+    return _stats(design, (D, C, P, E, M, nobs, ldw, scale))
