@@ -144,7 +144,8 @@ def _cmd_fit(args) -> int:
     df, name = load_data(args.data)
     t1 = time.perf_counter()
     m = jaxlmm.fit(args.formula, df, reml=not args.ml, weights=args.weights,
-                   offset=args.offset, max_iter=args.max_iter, data_name=name)
+                   offset=args.offset, max_iter=args.max_iter, data_name=name,
+                   progress=args.progress, chunk_rows=args.chunk_rows)
     t2 = time.perf_counter()
     if args.json:
         out = m.to_dict()
@@ -224,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="maximum optimizer iterations (default 200)")
     f.add_argument("--verbose", "-v", action="store_true",
                    help="print timings to stderr")
+    f.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a line per optimizer iteration on stderr (default: on for big fits)")
+    f.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="compute the sufficient statistics in chunks of N rows (less memory)")
     f.set_defaults(func=_cmd_fit)
 
     d = sub.add_parser("datasets", help="list the bundled datasets",

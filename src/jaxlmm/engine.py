@@ -4,7 +4,8 @@ statistics -> start (start.py) -> optimum over theta (implicit.optimum: the boun
 quasi-Newton loop of optimize.py on the profiled criterion of deviance.py, differentiable
 by implicit differentiation) -> solve at the optimum (solution.py). Data enter only through
 the ``Stats`` pytree, never through closures; ``reml``, ``max_iter`` and ``hessian`` are
-static. No host callback: it runs under jit, vmap (many responses in one call) and grad.
+static. No host callback unless ``progress=True``: it runs under jit, vmap (many responses
+in one call) and grad.
 """
 
 from __future__ import annotations
@@ -66,15 +67,16 @@ class FitResult(NamedTuple):
         return self.opt.status == 0
 
 
-@partial(jax.jit, static_argnames=("reml", "max_iter", "hessian"))
+@partial(jax.jit, static_argnames=("reml", "max_iter", "hessian", "progress"))
 def fit_stats(stats: Stats, *, reml: bool = True, theta0=None, max_iter: int = 200,
-              hessian: str = "auto") -> FitResult:
+              hessian: str = "auto", progress: bool = False) -> FitResult:
     """Fit by REML (``reml=True``) or ML from sufficient statistics; pure and jittable.
 
     ``theta0``: the start, in lme4's theta order (default: start.default, lme4's start with
     moment estimates for scalar factors of large crossed models). ``max_iter``: optimizer
     iterations (0 solves at theta0). ``hessian``: "auto"/"bfgs" (quasi-Newton on exact
-    gradients) or "exact" (Newton). Non-convergence is reported in ``status``, never raised.
+    gradients) or "exact" (Newton). ``progress``: print iteration, criterion and elapsed
+    time on stderr (a host callback). Non-convergence is reported in ``status``, never raised.
     Derivatives of the result with respect to the statistics (hence y and X) are exact at a
     converged optimum (implicit.py).
     """
@@ -83,7 +85,7 @@ def fit_stats(stats: Stats, *, reml: bool = True, theta0=None, max_iter: int = 2
     if theta0.shape != (stats.struct.n_theta,):
         raise ValueError(f"theta0 must have {stats.struct.n_theta} elements (lme4's theta "
                          f"order), got shape {theta0.shape}")
-    opt = optimum(stats, theta0, reml, max_iter, hessian)
+    opt = optimum(stats, theta0, reml, max_iter, hessian, progress)
     return FitResult(opt, _solve(opt.theta, stats, reml), theta0)
 
 

@@ -70,19 +70,23 @@ def column_flips(struct) -> np.ndarray:
     return F
 
 
-def _run(stats: Stats, theta0, reml: bool, max_iter: int, hessian: str) -> OptResult:
+def _run(stats: Stats, theta0, reml: bool, max_iter: int, hessian: str,
+         progress: bool = False) -> OptResult:
     lower = jnp.asarray(stats.struct.lower, theta0.dtype)
     return minimize(objective, theta0, lower, (stats, reml), max_iter=max_iter,
                     exact_hessian=use_exact_hessian(hessian),
                     derivs=derivatives(stats.struct, theta0.shape[0]),
-                    flips=column_flips(stats.struct), **tolerances(theta0.dtype))
+                    flips=column_flips(stats.struct), progress=progress,
+                    **tolerances(theta0.dtype))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def optimum(stats: Stats, theta0, reml: bool, max_iter: int, hessian: str) -> OptResult:
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def optimum(stats: Stats, theta0, reml: bool, max_iter: int, hessian: str,
+            progress: bool = False) -> OptResult:
     """Minimize the profiled criterion over theta >= lower from theta0 (optimize.minimize);
-    differentiable in ``stats`` by implicit differentiation (module docstring)."""
-    return _run(stats, theta0, reml, max_iter, hessian)
+    differentiable in ``stats`` by implicit differentiation (module docstring). ``progress``:
+    print a line per iteration (optimize.minimize)."""
+    return _run(stats, theta0, reml, max_iter, hessian, progress)
 
 
 def _zero_tangent(x):
@@ -93,10 +97,10 @@ def _zero_tangent(x):
 
 
 @optimum.defjvp
-def _optimum_jvp(reml, max_iter, hessian, primals, tangents):
+def _optimum_jvp(reml, max_iter, hessian, progress, primals, tangents):
     stats, theta0 = primals
     stats_dot, _ = tangents  # the optimum does not depend on the start
-    opt = _run(stats, theta0, reml, max_iter, hessian)
+    opt = _run(stats, theta0, reml, max_iter, hessian, progress)
     theta = opt.theta
     k = theta.shape[0]
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .diagnostics import SINGULAR_TOL
 from .engine import FitResult, fit_stats, use_exact_hessian
-from . import memory
+from . import memory, optimize
 from .errors import DataError
 from .frame import ModelFrame
 from .modeldesign import Design, design as make_design
@@ -22,7 +22,8 @@ from .stats import suffstats
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
         start=None, max_iter: int = 200, hessian: str = "auto",
-        data_name: str | None = None, chunk_rows: int | None = None) -> "LinearMixedModel":
+        data_name: str | None = None, chunk_rows: int | None = None,
+        progress: bool | None = None) -> "LinearMixedModel":
     """Fit a linear mixed model with lme4 syntax, e.g. ``"y ~ x + (1 + x | g)"``.
 
     The composition of the functional layer: ``design`` -> ``suffstats`` -> ``fit_stats``,
@@ -37,13 +38,17 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     exact Hessian at the start) or "auto" (currently "bfgs"; see implicit.use_exact_hessian).
     ``chunk_rows``: compute the sufficient statistics in chunks of this many rows (bounded
     memory for the pass; stats.suffstats).
+    ``progress``: a line per optimizer iteration on stderr (iteration, criterion, elapsed);
+    default: on for big fits (1M rows or more, or a crossed dense block of 2,000 or more).
     """
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
     memory.check(d, chunk_rows=chunk_rows)  # an error now rather than out of memory later
     stats = suffstats(d, chunk_rows=chunk_rows)
-    res, notes = _run(stats, d, reml, start, max_iter, hessian)
+    if progress is None:
+        progress = d.n >= 1_000_000 or d.struct.m_rand >= 2_000
+    res, notes = _run(stats, d, reml, start, max_iter, hessian, bool(progress))
     t2 = time.perf_counter()
     m = LinearMixedModel(d, res, reml, hessian, data_name,
                          timings={"design": t1 - t0, "fit": t2 - t1},
@@ -76,20 +81,24 @@ def _check_start(start, d: Design) -> np.ndarray:
     return theta0
 
 
-def _run(stats, d: Design, reml: bool, start, max_iter: int, hessian: str):
+def _run(stats, d: Design, reml: bool, start, max_iter: int, hessian: str,
+         progress: bool = False):
     """fit_stats on the host, with the start checked first; returns (result, notes).
 
     A criterion that is not finite at a given start (theta so large that the factorization
     overflows) is refitted from the default start, with a note; at the default start it
     is an error about the data (never a result full of NaN)."""
     theta0 = None if start is None else _check_start(start, d)
+    if progress:
+        optimize._PROGRESS["t0"] = time.perf_counter()
     res = _to_host(fit_stats(stats, reml=reml, theta0=theta0, max_iter=max_iter,
-                             hessian=hessian))
+                             hessian=hessian, progress=progress))
     notes = ()
     if int(res.opt.status) == 3 and theta0 is not None:
         notes = (f"the criterion is not finite at the given start {theta0.tolist()} (theta "
                  "too large for the factorization); fitted from the default start instead",)
-        res = _to_host(fit_stats(stats, reml=reml, max_iter=max_iter, hessian=hessian))
+        res = _to_host(fit_stats(stats, reml=reml, max_iter=max_iter, hessian=hessian,
+                                 progress=progress))
     if int(res.opt.status) == 3:
         from .diagnostics import WHAT_TO_TRY
 

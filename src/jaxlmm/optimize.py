@@ -109,8 +109,25 @@ def _positive(H):
     return (V * lam) @ V.T
 
 
+def _progress_line(it, f, pg):
+    """Host side of ``progress``: iteration, criterion, scaled projected gradient, elapsed
+    seconds since the first line of this fit."""
+    import sys
+    import time
+
+    now = time.perf_counter()
+    if _PROGRESS["t0"] is None:
+        _PROGRESS["t0"] = now
+    print(f"iteration {int(it):4d}  criterion {float(f):.10g}  |grad| {float(pg):.3g}  "
+          f"elapsed {now - _PROGRESS['t0']:.1f} s", file=sys.stderr, flush=True)
+
+
+_PROGRESS = {"t0": None}  # set by the caller (model.fit) to the fit's start
+
+
 def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-12,
-             exact_hessian=True, derivs: Derivatives | None = None, flips=None):
+             exact_hessian=True, derivs: Derivatives | None = None, flips=None,
+             progress: bool = False):
     """Minimize ``fun(theta, *args)`` subject to ``theta >= lower``; jittable, vmappable.
 
     ``derivs`` supplies value, value+gradient and value+gradient+Hessian (default: autodiff
@@ -125,6 +142,8 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
     second derivative along one (a saddle, not a boundary minimum) frees it again. Without
     that check, 2 of 200 simulated sleepstudy responses ended on theta = 0 with a criterion
     0.4 and 6.8 units above the interior optimum.
+    ``progress`` (static): a line per accepted iteration on stderr (jax.debug.callback):
+    iteration, criterion, scaled projected gradient, elapsed time.
     """
     lower = jnp.asarray(lower, theta0.dtype)
     k = theta0.shape[0]
@@ -256,6 +275,9 @@ def minimize(fun, theta0, lower, args=(), *, max_iter=200, gtol=1e-10, ftol=1e-1
         status = jnp.where(bad, 3, jnp.where(done, 0, jnp.where(out_of_budget, 1, jnp.where(
             stationary, 0, jnp.where(failed, 2, jnp.where(cert, -2, -1)))))).astype(jnp.int32)
         new_step = acc | reprobe
+        if progress:
+            lax.cond(acc & ~s.cert, lambda: jax.debug.callback(_progress_line, it, f, pg),
+                     lambda: None)
         return _State(
             theta=theta, f=f, g=g, H=H,
             cand=jnp.where(new_step, jnp.maximum(theta + d, lower), t_bt),
