@@ -715,6 +715,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("sizes (defaults: the full benchmark; --quick uses tiny ones)")
     g.add_argument("--slope-groups", default=None, help="comma-separated group counts, e.g. 10000,100000")
     g.add_argument("--slope-mean-size", type=float, default=None)
+    g.add_argument("--vector-groups", default=None,
+                   help="comma-separated group counts of y ~ x1 + x2 + (x1 + x2 | g) (default: none)")
     g.add_argument("--nested-schools", type=int, default=None)
     g.add_argument("--nested-classes", type=int, default=None)
     g.add_argument("--nested-rows", type=int, default=None)
@@ -753,6 +755,7 @@ def main(argv=None) -> int:
         base,
         slope_groups=tuple(int(x) for x in args.slope_groups.split(",")) if args.slope_groups else None,
         slope_mean_size=args.slope_mean_size,
+        vector_groups=tuple(int(x) for x in args.vector_groups.split(",")) if args.vector_groups else None,
         nested_schools=args.nested_schools,
         nested_classes=args.nested_classes,
         nested_rows=args.nested_rows,

@@ -149,6 +149,27 @@ def sim_slopes(n_groups: int, mean_size: float = 10.0, seed: int = 1):
     return make
 
 
+def sim_vector3(n_groups: int, mean_size: float = 10.0, seed: int = 4):
+    """``y ~ x1 + x2 + (x1 + x2 | g)``: a three-dimensional vector term, unequal group sizes
+    1 + Poisson(mean_size - 1)."""
+
+    def make():
+        rng = np.random.default_rng(seed)
+        sizes = 1 + rng.poisson(mean_size - 1.0, size=n_groups)
+        g = np.repeat(np.arange(n_groups), sizes)
+        n = g.size
+        x1, x2 = rng.normal(size=n), rng.normal(size=n)
+        sd = np.array([1.0, 0.5, 0.3])
+        corr = np.array([[1.0, 0.3, -0.2], [0.3, 1.0, 0.1], [-0.2, 0.1, 1.0]])
+        b = rng.multivariate_normal(np.zeros(3), corr * np.outer(sd, sd), size=n_groups)
+        y = (1.0 + 0.5 * x1 - 0.3 * x2 + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2
+             + rng.normal(size=n))
+        df = pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": np.char.add("g", g.astype(str))})
+        return df, f"simulated (seed {seed}): {n_groups} groups, sizes 1+Poisson({mean_size - 1:g})"
+
+    return make
+
+
 def sim_nested(n_schools: int, n_classes: int, n_rows: int, seed: int = 2):
     """``y ~ x + (1 | school/cls)``; class labels 1..n_classes repeat across schools.
 
@@ -233,6 +254,7 @@ def sim_crossed(n_users: int, n_items: int, n_rows: int, zipf_s: float = 1.0, se
 class Sizes:
     slope_groups: tuple[int, ...] = (10_000, 100_000)
     slope_mean_size: float = 10.0
+    vector_groups: tuple[int, ...] = ()  # y ~ x1 + x2 + (x1 + x2 | g) (the scale runs)
     nested_schools: int = 2_000
     nested_classes: int = 10
     nested_rows: int = 100_000
@@ -296,6 +318,21 @@ def suite(sizes: Sizes, seed: int = 0) -> list[Workload]:
                 factor_cols=("g",),
                 maker=sim_slopes(G, sizes.slope_mean_size, seed=seed + 100 + k),
                 single_factor=SingleFactor("y ~ x", "g", "~x"),
+                slow_tools=frozenset({"lme4", "statsmodels"}) if G >= sizes.slow_groups else frozenset(),
+                params={"groups": G},
+                groupings=(("g",),),
+            )
+        )
+    for k, G in enumerate(sizes.vector_groups):
+        wl.append(
+            Workload(
+                name=f"vector3_{human(G)}",
+                title=f"simulated y ~ x1 + x2 + (x1 + x2 | g), {G} groups, REML",
+                formula="y ~ x1 + x2 + (x1 + x2 | g)",
+                reml=True,
+                factor_cols=("g",),
+                maker=sim_vector3(G, sizes.slope_mean_size, seed=seed + 150 + k),
+                single_factor=SingleFactor("y ~ x1 + x2", "g", "~x1 + x2"),
                 slow_tools=frozenset({"lme4", "statsmodels"}) if G >= sizes.slow_groups else frozenset(),
                 params={"groups": G},
                 groupings=(("g",),),
