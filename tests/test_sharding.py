@@ -1,7 +1,8 @@
 """The statistics pass sharded across devices (stats.sharded_suffstats: shard_map over rows,
 psum of the blocks) equals the single-device pass, on 4 virtual CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in a fresh process: JAX reads it at
-start-up), for one factor with weights, crossed, and nested designs; the fits agree."""
+start-up), for one factor with weights, crossed, nested, and padded rows with an offset; the
+fits agree."""
 
 import os
 import subprocess
@@ -18,6 +19,9 @@ SCRIPT = textwrap.dedent("""
         jaxlmm.design("Reaction ~ Days + (Days | Subject)", ss, weights=w),
         jaxlmm.design("diameter ~ 1 + (1 | plate) + (1 | sample)", jaxlmm.datasets.load("Penicillin")),
         jaxlmm.design("strength ~ 1 + (1 | batch/cask)", jaxlmm.datasets.load("Pastes")),
+        # 178 rows: padded with 2 weight-0 rows to a multiple of 4; with an offset
+        jaxlmm.design("Reaction ~ Days + (Days | Subject)", ss.iloc[:178],
+                      offset=0.1 * np.arange(178)),
     ]
     for d in cases:
         s4 = jaxlmm.sharded_suffstats(d)

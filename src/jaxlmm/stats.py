@@ -121,12 +121,11 @@ def _scale(X, y, w, i0):
     """Scale (see there) of weighted data; returns it and the intercept column x0."""
     sw = jnp.sum(w)
     n, p = X.shape
+    x0 = _x0(X, y, i0)
     if i0 is not None:
-        x0 = _x0(X, y, i0)
         c = jnp.dot(w, y) / sw
         m = (w @ X / sw).at[i0].set(0.0)
     else:
-        x0 = jnp.zeros_like(y)
         c = jnp.zeros((), y.dtype)
         m = jnp.zeros(p, X.dtype)
     s = jnp.sqrt(jnp.dot(w, (y - c * x0) ** 2) / sw)
@@ -314,6 +313,23 @@ def _sample_scale(X, y, w, offset, intercept, dtype):
     return _scale(X, y, w, intercept)[0]
 
 
+def _padded(design, rows, pad_to: int | None, y, X):
+    """The pass's per-row inputs for ``rows`` of the design, padded with rows of weight 0 up
+    to ``pad_to`` rows: (Zs, codes, pair rows in ``design.pattern.pi``'s key order, X, y, w,
+    offset or None, valid or None when nothing was padded)."""
+    n = design.X.shape[0]
+    k = len(np.arange(n)[rows])
+    pad = 0 if pad_to is None else max(int(pad_to) - k, 0)
+    pat = design.pattern
+    w = np.ones(n) if design.weights is None else design.weights
+    return (tuple(_rows(Z, rows, pad) for Z in design.Z),
+            tuple(_rows(c, rows, pad) for c in design.codes),
+            tuple(_rows(pat.prow[key], rows, pad) for key in pat.pi),
+            _rows(X, rows, pad), _rows(y, rows, pad), _rows(w, rows, pad),
+            None if design.offset is None else _rows(design.offset, rows, pad),
+            np.arange(k + pad) < k if pad else None)
+
+
 def chunk_stats(design, rows, scale: Scale, *, y=None, X=None, dtype=None,
                 pad_to: int | None = None) -> Stats:
     """The statistics of some rows of a design (a slice or an index array) with a given
@@ -321,17 +337,10 @@ def chunk_stats(design, rows, scale: Scale, *, y=None, X=None, dtype=None,
     (``Stats.__add__``) to those of all the rows. ``pad_to``: pad the chunk with rows of
     weight 0 to this many rows, so that chunks of one size share one compiled pass."""
     y, X, dtype = _inputs(design, y, X, dtype)
-    k = len(np.arange(design.X.shape[0])[rows])
-    pad = 0 if pad_to is None else max(int(pad_to) - k, 0)
-    pat = design.pattern
-    w = np.ones(design.X.shape[0]) if design.weights is None else design.weights
-    pair_rows = {key: (_rows(pat.prow[key], rows, pad), pat.pi[key]) for key in pat.pi}
-    valid = None if not pad else np.arange(k + pad) < k
-    out = _pass(tuple(_rows(Z, rows, pad) for Z in design.Z),
-                tuple(_rows(c, rows, pad) for c in design.codes), pair_rows,
-                _rows(X, rows, pad), _rows(y, rows, pad), _rows(w, rows, pad),
-                None if design.offset is None else _rows(design.offset, rows, pad),
-                design.struct, dtype, scale=scale, valid=valid)
+    Zs, codes, prows, Xr, yr, wr, offr, valid = _padded(design, rows, pad_to, y, X)
+    pair_rows = {key: (prows[i], pi) for i, (key, pi) in enumerate(design.pattern.pi.items())}
+    out = _pass(Zs, codes, pair_rows, Xr, yr, wr, offr, design.struct, dtype, scale=scale,
+                valid=valid)
     return _stats(design, out)
 
 
@@ -348,33 +357,25 @@ def sharded_suffstats(design, devices=None, *, y=None, X=None, dtype=None) -> St
     n = design.X.shape[0]
     nd = len(devices)
     scale = sample_scale(design, y=y, X=X, dtype=dtype)
-    per = -(-n // nd)
-    pad = per * nd - n
-    rows = slice(0, n)
     pat = design.pattern
-    w = np.ones(n) if design.weights is None else design.weights
     keys = list(pat.pi)
-    mesh = Mesh(np.array(devices), ("rows",))
-    row_spec, rep = Spec("rows"), Spec()
     st = design.struct
-    has_off = design.offset is not None
 
     def local(Zs, codes, prows, pis, Xl, yl, wl, offl, valid, sc):
+        # without padding (valid None) each shard counts its own rows; psum adds them
         pair_rows = {key: (prows[i], pis[i]) for i, key in enumerate(keys)}
-        D, C, P, E, M, nobs, ldw, _ = _pass(Zs, codes, pair_rows, Xl, yl, wl,
-                                           offl if has_off else None, st, dtype, scale=sc,
-                                           valid=valid)
+        D, C, P, E, M, nobs, ldw, _ = _pass(Zs, codes, pair_rows, Xl, yl, wl, offl, st, dtype,
+                                           scale=sc, valid=valid)
         return jax.lax.psum((D, C, P, E, M, nobs, ldw), "rows")
 
-    args = (tuple(_rows(Z, rows, pad) for Z in design.Z),
-            tuple(_rows(c, rows, pad) for c in design.codes),
-            tuple(_rows(pat.prow[key], rows, pad) for key in keys),
-            tuple(np.asarray(pat.pi[key]) for key in keys),
-            _rows(X, rows, pad), _rows(y, rows, pad), _rows(w, rows, pad),
-            _rows(design.offset if has_off else np.zeros(n), rows, pad),
-            np.arange(n + pad) < n, scale)
+    Zs, codes, prows, Xr, yr, wr, offr, valid = _padded(design, slice(0, n), -(-n // nd) * nd,
+                                                        y, X)
+    args = (Zs, codes, prows, tuple(np.asarray(pat.pi[key]) for key in keys), Xr, yr, wr,
+            offr, valid, scale)
+    row_spec, rep = Spec("rows"), Spec()
     specs = (row_spec, row_spec, row_spec, rep, row_spec, row_spec, row_spec, row_spec,
              row_spec, rep)
+    mesh = Mesh(np.array(devices), ("rows",))
     placed = tuple(jax.tree_util.tree_map(
         lambda a, s=s: jax.device_put(a, NamedSharding(mesh, s)), a) for a, s in zip(args, specs))
     fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rep))
