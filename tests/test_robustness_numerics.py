@@ -229,3 +229,14 @@ def test_missing_group_values_as_lme4(sleepstudy):
     assert m.converged and m.objective <= lme4["reml_criterion"]
     assert m.objective == pytest.approx(lme4["reml_criterion"], abs=1e-4)
     np.testing.assert_allclose(m.theta, lme4["theta"], rtol=1e-3)
+
+
+def test_diagnostics_survive_non_finite_derivatives():
+    """The check at an end point where the derivatives are not finite says so (it used to
+    fail inside numpy's eigen-solver)."""
+    from jaxlmm.diagnostics import NON_FINITE, check
+
+    d = check([1.0, 0.0, 1.0], [0.0, -np.inf, 0.0], 10.0, [np.nan, 0.0, 0.0],
+              np.full((3, 3), np.nan), status=2)
+    assert d["ok"] is False and d["notes"] == [NON_FINITE]
+    assert d["free"] == [False, True, False] and d["what_to_try"]

@@ -71,11 +71,9 @@ def check(theta, lower, f, g, H, status: int) -> dict:
     """Convergence report from the criterion's value, gradient and Hessian at theta."""
     theta, lower, g, H = (np.asarray(a, float) for a in (theta, lower, g, H))
     if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
-        return {"ok": False, "newton_decrement": float("nan"), "max_rel_step": float("nan"),
-                "hessian_min_eig": float("nan"), "hessian_max_eig": float("nan"),
-                "hessian_rel_min_eig": float("nan"), "free": (lower != 0.0).tolist(),
-                "bound_gradient": [], "notes": [NON_FINITE],
-                "what_to_try": WHAT_TO_TRY.get(status) if status != 0 else None}
+        nan = float("nan")
+        return _report(False, nan, nan, nan, nan, nan, lower != 0.0, np.zeros(0),
+                       [NON_FINITE], status)
     bound = (lower == 0.0) & (theta <= 0.0)
     free = ~bound
     gF, HF = g[free], H[np.ix_(free, free)]
@@ -105,6 +103,10 @@ def check(theta, lower, f, g, H, status: int) -> dict:
                      "the boundary point is not a minimum; refit with hessian='exact'")
     ok = status == 0 and dec <= DECREMENT_TOL and ratio >= -FLAT_TOL and not (
         np.any(gA < -1e-6 * (1.0 + abs(float(f)))))
+    return _report(ok, dec, rel, eig_min, eig_max, ratio, free, gA, notes, status)
+
+
+def _report(ok, dec, rel, eig_min, eig_max, ratio, free, gA, notes, status: int) -> dict:
     return {
         "ok": bool(ok),
         "newton_decrement": dec,
@@ -112,8 +114,8 @@ def check(theta, lower, f, g, H, status: int) -> dict:
         "hessian_min_eig": eig_min,
         "hessian_max_eig": eig_max,
         "hessian_rel_min_eig": float(ratio),
-        "free": free.tolist(),
-        "bound_gradient": gA.tolist(),
+        "free": np.asarray(free).tolist(),
+        "bound_gradient": np.asarray(gA).tolist(),
         "notes": notes,
         "what_to_try": WHAT_TO_TRY.get(status) if status != 0 else None,
     }

@@ -61,8 +61,7 @@ class MemoryEstimate(NamedTuple):
 def _nbytes(tree) -> int:
     import jax
 
-    return int(sum(np.asarray(a).nbytes if not hasattr(a, "nbytes") else a.nbytes
-                   for a in jax.tree_util.tree_leaves(tree)))
+    return int(sum(a.nbytes for a in jax.tree_util.tree_leaves(tree)))  # numpy or jax arrays
 
 
 def estimate(design, *, dtype=np.float64, chunk_rows: int | None = None,
