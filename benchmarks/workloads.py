@@ -308,36 +308,30 @@ def suite(sizes: Sizes, seed: int = 0) -> list[Workload]:
             groupings=(("s",), ("d",), ("dept", "service")),
         ),
     ]
-    for k, G in enumerate(sizes.slope_groups):
-        wl.append(
-            Workload(
-                name=f"slopes_{human(G)}",
-                title=f"simulated y ~ x + (x | g), {G} groups, REML",
-                formula="y ~ x + (x | g)",
-                reml=True,
-                factor_cols=("g",),
-                maker=sim_slopes(G, sizes.slope_mean_size, seed=seed + 100 + k),
-                single_factor=SingleFactor("y ~ x", "g", "~x"),
-                slow_tools=frozenset({"lme4", "statsmodels"}) if G >= sizes.slow_groups else frozenset(),
-                params={"groups": G},
-                groupings=(("g",),),
+    # single-factor vector terms: (name, sizes, formula, statsmodels fixed part and
+    # re_formula, data maker, seed offset)
+    vector_terms = [
+        ("slopes", sizes.slope_groups, "y ~ x + (x | g)", "y ~ x", "~x", sim_slopes, 100),
+        ("vector3", sizes.vector_groups, "y ~ x1 + x2 + (x1 + x2 | g)", "y ~ x1 + x2",
+         "~x1 + x2", sim_vector3, 150),
+    ]
+    for prefix, groups, formula, fixed, re_formula, sim, offset in vector_terms:
+        for k, G in enumerate(groups):
+            wl.append(
+                Workload(
+                    name=f"{prefix}_{human(G)}",
+                    title=f"simulated {formula}, {G} groups, REML",
+                    formula=formula,
+                    reml=True,
+                    factor_cols=("g",),
+                    maker=sim(G, sizes.slope_mean_size, seed=seed + offset + k),
+                    single_factor=SingleFactor(fixed, "g", re_formula),
+                    slow_tools=(frozenset({"lme4", "statsmodels"}) if G >= sizes.slow_groups
+                                else frozenset()),
+                    params={"groups": G},
+                    groupings=(("g",),),
+                )
             )
-        )
-    for k, G in enumerate(sizes.vector_groups):
-        wl.append(
-            Workload(
-                name=f"vector3_{human(G)}",
-                title=f"simulated y ~ x1 + x2 + (x1 + x2 | g), {G} groups, REML",
-                formula="y ~ x1 + x2 + (x1 + x2 | g)",
-                reml=True,
-                factor_cols=("g",),
-                maker=sim_vector3(G, sizes.slope_mean_size, seed=seed + 150 + k),
-                single_factor=SingleFactor("y ~ x1 + x2", "g", "~x1 + x2"),
-                slow_tools=frozenset({"lme4", "statsmodels"}) if G >= sizes.slow_groups else frozenset(),
-                params={"groups": G},
-                groupings=(("g",),),
-            )
-        )
     wl.append(
         Workload(
             name="nested",
