@@ -9,7 +9,7 @@ import pytest
 from conftest import HERE
 
 import jaxlmm
-from jaxlmm.compare import COLUMNS, REFIT_MESSAGE, format_anova
+from jaxlmm.compare import COLUMNS, format_anova
 from jaxlmm.errors import JaxlmmError
 
 CASES = ["sleepstudy_random", "sleepstudy_fixed", "sleepstudy_three", "penicillin",

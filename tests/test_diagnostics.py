@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 
 import jaxlmm
 from jaxlmm.diagnostics import DECREMENT_TOL, check
