@@ -126,6 +126,26 @@ def _adapter_jaxlmm(spec, df):
             "optinfo": _jsonable(opt),
         }
 
+    def memory(m):
+        """What the fit needs in memory, from the compiled programs' own buffer accounting
+        (XLA memory_analysis: arguments + outputs + temporaries, the device view) next to
+        the statistics and the design's input arrays (memory._nbytes)."""
+        from jaxlmm.memory import _nbytes
+
+        d = m.design
+        st = m.stats
+        inputs = _nbytes((d.y, d.X, d.Z, d.codes, d.weights, d.offset, d.pattern))
+
+        def used(compiled):
+            a = compiled.memory_analysis()
+            return int(a.argument_size_in_bytes + a.output_size_in_bytes
+                       + a.temp_size_in_bytes - a.alias_size_in_bytes)
+
+        pass_ = used(jax.jit(lambda d: jaxlmm.suffstats(d)).lower(d).compile())
+        fit_ = used(jax.jit(lambda s: jaxlmm.fit_stats(s, reml=reml)).lower(st).compile())
+        return {"stats_bytes": _nbytes(st), "inputs_bytes": inputs,
+                "pass_program_bytes": pass_, "fit_program_bytes": fit_}
+
     dev = jax.devices()[0]
     info = {
         "version": getattr(jaxlmm, "__version__", "?"),
@@ -139,6 +159,7 @@ def _adapter_jaxlmm(spec, df):
             "dir": jax.config.jax_compilation_cache_dir,
         },
     }
+    info["memory"] = memory
     return fit, extract, info
 
 
@@ -225,6 +246,39 @@ ADAPTERS = {
 }
 
 
+def _rss_mb() -> float:
+    """Resident set size of this process in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+class _RssPeak:
+    """The largest resident set size while the block runs, sampled every 5 ms."""
+
+    def __enter__(self):
+        import threading
+
+        self.mb = _rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.005):
+                self.mb = max(self.mb, _rss_mb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.mb = max(self.mb, _rss_mb())
+        return False
+
+
 def main(spec_path: str, out_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -237,14 +291,18 @@ def main(spec_path: str, out_path: str) -> None:
         t0 = time.perf_counter()
         fit, extract, info = ADAPTERS[spec["tool"]](spec, df)
         result["setup_s"] = time.perf_counter() - t0
+        memory = info.pop("memory", None)
         result.update(info)
+        result["rss_before_mb"] = _rss_mb()
+        peaks: list[float] = []
 
         def timed():
-            with warnings.catch_warnings(record=True) as w:
+            with warnings.catch_warnings(record=True) as w, _RssPeak() as peak:
                 warnings.simplefilter("always")
                 t = time.perf_counter()
                 m = fit()
                 dt = time.perf_counter() - t
+            peaks.append(peak.mb)
             for item in w:
                 msg = f"{item.category.__name__}: {str(item.message)[:200]}"
                 if msg not in captured:
@@ -271,6 +329,13 @@ def main(spec_path: str, out_path: str) -> None:
                 model, dt = timed()
                 warm.append(dt)
             result["objective_last"] = extract(model)["objective"]
+        # resident memory: the peak while a fit ran (sampled), less the process before the
+        # first fit (interpreter, libraries and the data frame); the allocator keeps freed
+        # pages, so warm peaks show only growth beyond the cold fit's
+        result["rss_peak_cold_mb"] = peaks[0]
+        result["rss_peak_mb"] = max(peaks)
+        if memory is not None:
+            result["memory"] = memory(model)
         result["warm_s"] = warm
         result["fit_s"] = statistics.median(warm) if warm else cold
         result["n_timed"] = len(warm) if warm else 1

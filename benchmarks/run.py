@@ -645,6 +645,11 @@ def render_md(report: dict) -> str:
                  "not covered by the persistent cache and are paid by every process.")
         L.append("")
 
+    mem_rows = [(w, r) for w in report["workloads"] for t, r in w["results"].items()
+                if r.get("status") == "ok" and r.get("rss_peak_mb") is not None]
+    if mem_rows:
+        L.extend(memory_section(mem_rows))
+
     L.append("## Workloads")
     L.append("")
     for w in report["workloads"]:
@@ -665,6 +670,40 @@ def render_md(report: dict) -> str:
              "jaxlmm compile = cold − warm median (persistent cache disabled in that process).")
     L.append("")
     return "\n".join(L)
+
+
+def memory_section(rows) -> list[str]:
+    """The memory table: per tool, resident memory added by the first fit (peak less the
+    process before it); for jaxlmm also the compiled programs' buffers (XLA's accounting)
+    against the sufficient statistics plus the design's input arrays."""
+    mb = 2.0 ** 20
+    L = ["## Memory", "",
+         "Resident memory is sampled every 5 ms while a fit runs; *added* = peak during the first "
+         "(cold) fit less the process before it (interpreter, libraries, the data frame), so it "
+         "includes compilation for jaxlmm. For jaxlmm, *stats + inputs* is the size of the "
+         "sufficient statistics plus the design's input arrays (y, X, Z, level codes, index "
+         "lists), and the two program columns are XLA's own buffer accounting "
+         "(`memory_analysis()`: arguments + outputs + temporaries) of the statistics pass and of "
+         "`fit_stats`, which is what a device must hold; the ratio is the larger program over "
+         "stats + inputs (target: at most 2).", "",
+         "| workload | tool | process before | added by the cold fit | stats + inputs | "
+         "pass program | fit program | ratio |",
+         "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for w, r in rows:
+        added = r["rss_peak_cold_mb"] - r["rss_before_mb"]
+        m = r.get("memory")
+        if m:
+            base = m["stats_bytes"] + m["inputs_bytes"]
+            ratio = max(m["pass_program_bytes"], m["fit_program_bytes"]) / base
+            cols = (f"{base / mb:,.0f} MB ({m['stats_bytes'] / mb:,.0f} + "
+                    f"{m['inputs_bytes'] / mb:,.0f})", f"{m['pass_program_bytes'] / mb:,.0f} MB",
+                    f"{m['fit_program_bytes'] / mb:,.0f} MB", f"{ratio:.2f}")
+        else:
+            cols = ("—", "—", "—", "—")
+        L.append(f"| {w['name']} | {r['tool']} | {r['rss_before_mb']:,.0f} MB | {added:,.0f} MB | "
+                 + " | ".join(cols) + " |")
+    L.append("")
+    return L
 
 
 def write_outputs(report: dict, out_prefix: Path, render=None) -> None:

@@ -188,6 +188,23 @@ def test_random_slope_constant_within_groups(sleepstudy):
     assert np.all(np.isfinite(m.theta)) and np.isfinite(m.sigma)
     assert m.objective <= 1780.90497238797 + 1e-6
     assert m.objective > 1780.90497238797 - 1e-3
+    assert m.converged
+    # BFGS (closed-form gradient) stops at theta_3 = 0, where the exact curvature is -24: a
+    # saddle on the boundary 5e-5 above lme4; the fit finishes it by Newton and says so
+    assert any("saddle at the boundary" in n for n in m.notes)
+    assert m.theta[2] > 1e-3
+
+
+def test_boundary_saddle_is_not_ok():
+    """diagnostics.check: a variance at 0 with zero gradient and negative curvature is a
+    saddle, not a valid boundary optimum."""
+    from jaxlmm.diagnostics import BOUND_SADDLE, check
+
+    theta, lower, g = [2.0, -0.1, 0.0], [0.0, -np.inf, 0.0], [1e-9, 1e-9, 0.0]
+    H = np.diag([58.0, 10365.0, -24.0])
+    rep = check(theta, lower, 1780.9, g, H, 0)
+    assert not rep["ok"] and BOUND_SADDLE in rep["notes"]
+    assert check(theta, lower, 1780.9, g, np.diag([58.0, 10365.0, 24.0]), 0)["ok"]
 
 
 @pytest.mark.parametrize("formula", [

@@ -9,6 +9,8 @@ Two layers (docs/jax.md):
   ``design(formula, data)`` (host side) -> ``suffstats(design)`` -> ``fit_stats(stats)``,
   with ``objective(theta, stats)`` and ``solve(theta, stats)`` for custom optimizers.
   All but ``design`` are pure JAX functions: jit, vmap and grad apply.
+  ``dataset_stats(formula, parquet_source)`` gives a design and statistics from data read
+  in batches (arrowio.py; ``fit`` takes such a source too).
 """
 
 from ._config import configure as _configure
@@ -16,6 +18,7 @@ from ._config import configure as _configure
 _configure()
 
 from . import datasets  # noqa: E402
+from .arrowio import dataset_stats  # noqa: E402  (pyarrow is imported only when used)
 from .engine import FitResult, fit_stats, objective, solve  # noqa: E402
 from .errors import DataError, FormulaError, JaxlmmError  # noqa: E402
 from .formula import parse_formula  # noqa: E402
@@ -25,6 +28,7 @@ from .compare import anova  # noqa: E402
 from .model import LinearMixedModel, fit  # noqa: E402
 from .modeldesign import Design, design, design_from_arrays  # noqa: E402
 from .optimize import STATUS  # noqa: E402
+from .placement import shard_stats  # noqa: E402
 from .solution import Solution  # noqa: E402
 from .stats import Stats, chunk_stats, sample_scale, sharded_suffstats, suffstats  # noqa: E402
 
@@ -38,8 +42,10 @@ __all__ = [
     "design_from_arrays",
     "Design",
     "suffstats",
+    "dataset_stats",
     "chunk_stats",
     "sharded_suffstats",
+    "shard_stats",
     "sample_scale",
     "Stats",
     "objective",

@@ -3,13 +3,14 @@
 ::
 
     jaxlmm fit FORMULA --data NAME_OR_PATH [--ml] [--weights COL] [--offset COL]
-                       [--json] [--ranef] [--max-iter N] [--verbose]
+                       [--json] [--ranef] [--max-iter N] [--verbose] [--batch-rows N]
     jaxlmm datasets
 
 ``--data`` is a bundled lme4 dataset (``jaxlmm datasets`` lists them; the name
 is case-insensitive) or a .csv / .tsv / .txt (optionally .gz/.bz2/.xz/.zip
-compressed) or .parquet file.  Errors in the model or the data are reported as
-``error: <message>`` on stderr with exit status 2.
+compressed) or .parquet file.  With ``--batch-rows N`` a .parquet file or a directory of
+them is read N rows at a time and never held whole (arrowio.py).  Errors in the model or
+the data are reported as ``error: <message>`` on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -141,11 +142,20 @@ def _cmd_fit(args) -> int:
     import jaxlmm
 
     t0 = time.perf_counter()
-    df, name = load_data(args.data)
+    if args.batch_rows is not None:  # read in batches by fit itself (arrowio.py)
+        if not os.path.exists(args.data):
+            raise CliError(f"data file not found: {args.data}")
+        data, name = args.data, os.path.basename(os.path.normpath(args.data))
+    else:
+        data, name = load_data(args.data)
     t1 = time.perf_counter()
-    m = jaxlmm.fit(args.formula, df, reml=not args.ml, weights=args.weights,
-                   offset=args.offset, max_iter=args.max_iter, data_name=name,
-                   progress=args.progress, chunk_rows=args.chunk_rows)
+    try:
+        m = jaxlmm.fit(args.formula, data, reml=not args.ml, weights=args.weights,
+                       offset=args.offset, max_iter=args.max_iter, data_name=name,
+                       progress=args.progress, chunk_rows=args.chunk_rows,
+                       batch_rows=args.batch_rows)
+    except ImportError as exc:  # pyarrow missing
+        raise CliError(str(exc)) from None
     t2 = time.perf_counter()
     if args.json:
         out = m.to_dict()
@@ -229,6 +239,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a line per optimizer iteration on stderr (default: on for big fits)")
     f.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="compute the sufficient statistics in chunks of N rows (less memory)")
+    f.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="read --data (a .parquet file or a directory of them) in batches of N "
+                        "rows, never whole: for data larger than memory (needs pyarrow)")
     f.set_defaults(func=_cmd_fit)
 
     d = sub.add_parser("datasets", help="list the bundled datasets",

@@ -215,11 +215,14 @@ def _project_out(Y, Xc, rtol: float = 1e-7):
 
 def type1_hypotheses(ts: TermStructure, X) -> dict:
     """Sequential (type I) hypotheses: term label -> Hypothesis (lmerTest's type 1)."""
-    X = np.asarray(X, float)
-    p = X.shape[1]
+    XtX = getattr(X, "gram", None)  # a model fitted from batches keeps only X'X (arrowio)
+    if XtX is None:
+        X = np.asarray(X, float)
+        XtX = X.T @ X
+    p = XtX.shape[1]
     if p == 0 or (p == 1 and ts.intercept is not None):
         return {}
-    Lt = np.ones((1, 1)) if p == 1 else doolittle(X.T @ X).T
+    Lt = np.ones((1, 1)) if p == 1 else doolittle(XtX).T
     return {t.label: Hypothesis(Lt[list(t.columns), :], t.columns) for t in ts.terms}
 
 

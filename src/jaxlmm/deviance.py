@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import autodiff, crossed, linearized
+from . import autodiff, crossed, linearized, onefactor
 from . import smallblock as sb
 from .dense import chol_sym, curvature, curvature_from, dense_logdets, gradient_matrix, \
     inverse_pieces, logdets_of_factor
@@ -142,7 +142,11 @@ def _dense_value_grad_hessian(theta, stats: Stats, reml: bool):
 
 
 def derivatives(struct, k: int) -> autodiff.Derivatives:
-    """What the optimizer evaluates for ``objective(theta, stats, reml)``."""
+    """What the optimizer evaluates for ``objective(theta, stats, reml)``: closed-form
+    gradients for one grouping factor (onefactor.py), else autodiff through the factor
+    (small dense block) or the dense-block rules above."""
+    if onefactor.applies(struct):
+        return onefactor.derivatives()
     if struct.m_rand <= LARGE_DENSE:
         return autodiff.autodiff(objective, k)
     return autodiff.Derivatives(_dense_value, _dense_value_grad, _dense_value_grad_hessian)

@@ -60,6 +60,20 @@ SINGULAR = ("boundary (singular) fit: variance component(s) at zero: {names}. Th
             "those terms or their correlations (e.g. (1 | g) or (x || g) instead of (x | g))")
 
 
+BOUND_SADDLE = ("a variance component at 0 has zero gradient but negative curvature: a saddle "
+                "on the boundary, not a minimum (the criterion decreases inward); refit with "
+                "hessian='exact'")
+
+
+def bound_saddle(theta, lower, f, g, H):
+    """Coordinates at a zero lower bound with (near) zero gradient and clearly negative
+    curvature, H_ii < -1e-6 max(1, max_j |H_jj|): the criterion decreases moving inward."""
+    theta, lower, g, H = (np.asarray(a, float) for a in (theta, lower, g, H))
+    h = np.diagonal(H)
+    stuck = (lower == 0.0) & (theta <= 0.0) & (np.abs(g) <= 1e-9 * (1.0 + abs(float(f))))
+    return stuck & (h < -1e-6 * max(1.0, float(np.max(np.abs(h), initial=0.0))))
+
+
 @partial(jax.jit, static_argnames=("reml",))
 def value_grad_hessian(theta, stats: Stats, reml: bool):
     """The criterion, its exact gradient and Hessian in theta (one evaluation)."""
@@ -101,8 +115,11 @@ def check(theta, lower, f, g, H, status: int) -> dict:
     if np.any(gA < -1e-6 * (1.0 + abs(float(f)))):
         notes.append("a variance component on its bound has a gradient pointing inward: "
                      "the boundary point is not a minimum; refit with hessian='exact'")
+    curved = bound_saddle(theta, lower, f, g, H)
+    if curved.any():
+        notes.append(BOUND_SADDLE)
     ok = status == 0 and dec <= DECREMENT_TOL and ratio >= -FLAT_TOL and not (
-        np.any(gA < -1e-6 * (1.0 + abs(float(f)))))
+        np.any(gA < -1e-6 * (1.0 + abs(float(f))))) and not curved.any()
     return _report(ok, dec, rel, eig_min, eig_max, ratio, free, gA, notes, status)
 
 

@@ -6,7 +6,7 @@ so callers catching the builtin keep working.
 
 from __future__ import annotations
 
-__all__ = ["JaxlmmError", "FormulaError", "DataError"]
+__all__ = ["JaxlmmError", "FormulaError", "DataError", "RowsNotKeptError"]
 
 
 class JaxlmmError(Exception):
@@ -46,3 +46,8 @@ class FormulaError(JaxlmmError, ValueError):
 
 class DataError(JaxlmmError, ValueError):
     """Data that do not fit the model: a missing or ill-typed column, bad values."""
+
+
+class RowsNotKeptError(DataError):
+    """A per-row result of a model fitted from data read in batches, whose rows are not kept
+    (arrowio.NotKept)."""

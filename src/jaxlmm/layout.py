@@ -55,10 +55,16 @@ class Structure:
     n_theta: int
     lower: tuple  # lower bound of each theta (0.0 or -inf)
     intercept: int | None = None  # the column of X that is all ones, if any
+    padding: int = 0  # empty levels appended to the first chain factor (placement.py)
 
     @property
     def factors(self):
         return self.chain + self.rest
+
+    def nlevels(self, k: int) -> int:
+        """The number of real levels of factor k (elimination order): its G less the empty
+        levels that placement.shard_stats may append to the first chain factor."""
+        return self.factors[k][0] - (self.padding if k == 0 else 0)
 
     @property
     def m(self) -> int:

@@ -16,14 +16,15 @@ from .errors import DataError
 from .frame import ModelFrame
 from .modeldesign import Design, design as make_design
 from .optimize import STATUS
-from .stats import suffstats
+from .stats import sharded_suffstats, suffstats
 
 
 
 def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
         start=None, max_iter: int = 200, hessian: str = "auto",
         data_name: str | None = None, chunk_rows: int | None = None,
-        progress: bool | None = None) -> "LinearMixedModel":
+        progress: bool | None = None, devices=None,
+        batch_rows: int | None = None) -> "LinearMixedModel":
     """Fit a linear mixed model with lme4 syntax, e.g. ``"y ~ x + (1 + x | g)"``.
 
     The composition of the functional layer: ``design`` -> ``suffstats`` -> ``fit_stats``,
@@ -40,23 +41,64 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     memory for the pass; stats.suffstats).
     ``progress``: a line per optimizer iteration on stderr (iteration, criterion, elapsed);
     default: on for big fits (1M rows or more, or a crossed dense block of 2,000 or more).
+    ``devices``: a list of JAX devices to fit on: the statistics pass is split by rows
+    (stats.sharded_suffstats, or chunked on the default device with ``chunk_rows``) and every
+    evaluation by the first factor's groups (placement.shard_stats); same estimates.
+
+    ``data`` may also be a Parquet file, a directory or list of Parquet (or Arrow
+    IPC/Feather) files, or a pyarrow Dataset or Table: it is then read in batches of
+    ``batch_rows`` rows (default 1,000,000; needs ``pip install "jaxlmm[parquet]"``) and
+    never held whole: the same model as the table in memory (arrowio.py). ``weights`` and
+    ``offset`` must then be column names; the model keeps no per-row data (fitted values,
+    residuals, predict() without newdata, simulate and bootstrap raise RowsNotKeptError).
     """
+    from . import arrowio
+
+    if batch_rows is not None or arrowio.is_source(data):
+        if not arrowio.is_source(data):
+            raise DataError("batch_rows= reads a Parquet/Arrow source (a path, or a pyarrow "
+                            "Dataset or Table) in batches; for a DataFrame use chunk_rows=")
+        if chunk_rows is not None:
+            raise DataError("chunk_rows= applies to data in memory; for data read in batches "
+                            "use batch_rows=")
+        return arrowio.fit_dataset(formula, data, batch_rows=batch_rows, reml=reml,
+                                   weights=weights, offset=offset, start=start,
+                                   max_iter=max_iter, hessian=hessian, data_name=data_name,
+                                   progress=progress, devices=devices)
+    if devices is not None:
+        from .placement import as_devices
+
+        devices = tuple(as_devices(devices))  # a clear error before any work
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
     memory.check(d, chunk_rows=chunk_rows)  # an error now rather than out of memory later
-    stats = suffstats(d, chunk_rows=chunk_rows)
+    if devices is None or chunk_rows is not None:
+        stats = suffstats(d, chunk_rows=chunk_rows)
+    else:
+        stats = sharded_suffstats(d, devices)
     if progress is None:
         progress = d.n >= 1_000_000 or d.struct.m_rand >= 2_000
-    res, notes = _run(stats, d, reml, start, max_iter, hessian, bool(progress))
+    res, notes = _run(_placed(stats, devices), d, reml, start, max_iter, hessian,
+                      bool(progress))
     t2 = time.perf_counter()
     m = LinearMixedModel(d, res, reml, hessian, data_name,
                          timings={"design": t1 - t0, "fit": t2 - t1},
                          weights_name=weights if isinstance(weights, str) else None,
                          offset_name=offset if isinstance(offset, str) else None,
-                         max_iter=max_iter, notes=notes)
+                         max_iter=max_iter, notes=notes, devices=devices)
     m.__dict__["stats"] = stats  # kept for refits, diagnostics and inference
     return m
+
+
+def _placed(stats, devices):
+    """The statistics split by groups across ``devices`` (placement.shard_stats), or as they
+    are without devices."""
+    if devices is None:
+        return stats
+    from .placement import shard_stats
+
+    return shard_stats(stats, devices)
 
 
 def _check_start(start, d: Design) -> np.ndarray:
@@ -99,14 +141,45 @@ def _run(stats, d: Design, reml: bool, start, max_iter: int, hessian: str,
                  "too large for the factorization); fitted from the default start instead",)
         res = _to_host(fit_stats(stats, reml=reml, max_iter=max_iter, hessian=hessian,
                                  progress=progress))
+    if int(res.opt.status) in (0, 2) and not use_exact_hessian(hessian) and _stuck_on_saddle(
+            stats, res, reml):
+        # BFGS ended on a variance at 0 whose exact curvature is negative (a saddle on the
+        # boundary: its positive-definite model keeps steering back there); Newton's exact
+        # Hessian sees the negative curvature, so finish from where BFGS stopped
+        newton = _to_host(fit_stats(stats, reml=reml, theta0=res.theta, max_iter=max_iter,
+                                    hessian="exact", progress=progress))
+        if int(newton.opt.status) == 0 and float(newton.objective) < float(res.objective):
+            notes += ("the quasi-Newton search stopped on a saddle at the boundary (a variance "
+                      "at 0 with negative curvature); finished by Newton's method with the "
+                      "exact Hessian from there",)
+            res = newton._replace(theta0=res.theta0)
     if int(res.opt.status) == 3:
         from .diagnostics import WHAT_TO_TRY
 
-        big = float(np.max(np.abs(np.asarray(d.y)), initial=0.0))
+        try:
+            big = f"largest |response| {float(np.max(np.abs(np.asarray(d.y)), initial=0.0)):.3g}"
+        except DataError:  # rows read in batches (arrowio) are not kept
+            big = "response rows not kept"
         raise DataError(f"the criterion is not finite at the start theta = "
-                        f"{np.asarray(res.theta0).tolist()} (largest |response| {big:.3g}): "
+                        f"{np.asarray(res.theta0).tolist()} ({big}): "
                         f"{WHAT_TO_TRY[3]}")
     return res, notes
+
+
+def _stuck_on_saddle(stats, res, reml: bool) -> bool:
+    """Whether the fit ended with a variance at 0, zero gradient there and negative exact
+    curvature (diagnostics.bound_saddle); the Hessian is evaluated only when some variance
+    is at 0 with zero gradient."""
+    from .diagnostics import bound_saddle, value_grad_hessian
+
+    lower = np.asarray(stats.struct.lower, float)
+    g = np.asarray(res.opt.grad, float)
+    f = float(res.opt.fun)
+    if not np.any((lower == 0.0) & (np.asarray(res.theta) <= 0.0)
+                  & (np.abs(g) <= 1e-9 * (1.0 + abs(f)))):
+        return False
+    f, g, H = value_grad_hessian(res.theta, stats, reml)
+    return bool(bound_saddle(res.theta, lower, float(f), g, H).any())
 
 
 def _to_host(tree):
@@ -129,6 +202,7 @@ class LinearMixedModel:
     offset_name: str | None = None
     max_iter: int = 200
     notes: tuple = ()  # notes of the fitting itself (e.g. a start that was replaced)
+    devices: tuple | None = None  # fit(devices=...): refits are split across them too
 
     @cached_property
     def stats(self):
@@ -140,11 +214,12 @@ class LinearMixedModel:
         fit's theta). ``refit(reml=False)`` is lme4's refitML()."""
         reml = self.reml if reml is None else bool(reml)
         t0 = time.perf_counter()
-        res, notes = _run(self.stats, self.design, reml, self.theta if start is None else start,
-                          self.max_iter, self.hessian)
+        res, notes = _run(_placed(self.stats, self.devices), self.design, reml,
+                          self.theta if start is None else start, self.max_iter, self.hessian)
         timings = {"design": self.timings.get("design", 0.0), "fit": time.perf_counter() - t0}
         m = LinearMixedModel(self.design, res, reml, self.hessian, self.data_name, timings,
-                             self.weights_name, self.offset_name, self.max_iter, notes)
+                             self.weights_name, self.offset_name, self.max_iter, notes,
+                             self.devices)
         m.__dict__["stats"] = self.stats
         return m
 

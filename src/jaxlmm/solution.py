@@ -173,6 +173,9 @@ def solve(theta, stats: Stats, reml: bool = True) -> Solution:
     sc = stats.scale
     beta, xtx_inv = _unscale(gamma, xtx_inv, sc, st.intercept)
     value = criterion(pc.logdet_l, pc.logdet_x, pc.pwrss, stats, reml)
+    if st.padding:  # empty levels appended by placement.shard_stats: not the user's
+        keep = st.nlevels(0)
+        u, b, cond_var = ((x[0][:keep],) + tuple(x[1:]) for x in (u, b, cond_var))
     return Solution(beta, xtx_inv, tuple(sc.s * x for x in u), tuple(sc.s * x for x in b),
                     cond_var, sc.s * sigma, value, sc.s ** 2 * pc.pwrss, pc.logdet_l,
                     pc.logdet_x + 2.0 * log_det_r(sc))

@@ -67,9 +67,10 @@ def moments(stats: Stats, theta0):
     rss = yty - Xty @ beta
     s2 = rss / jnp.maximum(n - p, 1.0)
     var, tot = {}, 0.0
-    for k, (G, q) in enumerate(st.factors):
+    for k, (_, q) in enumerate(st.factors):
         if q != 1:
             continue
+        G = st.nlevels(k)  # empty padding levels (placement.py) are not counted
         d, zxy = _level_sums(stats, k)
         s = zxy[:, p] - zxy[:, :p] @ beta
         ssb = jnp.sum(jnp.where(d > 0, s ** 2 / jnp.where(d > 0, d, 1.0), 0.0))

@@ -195,7 +195,12 @@ def _criterion(m) -> list[str]:
 
 
 def _residuals(m) -> list[str]:
-    r = np.asarray(m.residuals(scaled=True), float)
+    from .errors import RowsNotKeptError
+
+    try:
+        r = np.asarray(m.residuals(scaled=True), float)
+    except RowsNotKeptError:  # rows read in batches (arrowio.py): no residuals kept
+        return ["Scaled residuals: not kept (rows read in batches)"]
     r = r[np.isfinite(r)]
     if r.size == 0:
         return []
