@@ -130,19 +130,14 @@ def _adapter_jaxlmm(spec, df):
         """What the fit needs in memory, from the compiled programs' own buffer accounting
         (XLA memory_analysis: arguments + outputs + temporaries, the device view) next to
         the statistics and the design's input arrays (memory._nbytes)."""
-        from jaxlmm.memory import _nbytes
+        from jaxlmm.memory import _nbytes, program_bytes
 
         d = m.design
         st = m.stats
         inputs = _nbytes((d.y, d.X, d.Z, d.codes, d.weights, d.offset, d.pattern))
 
-        def used(compiled):
-            a = compiled.memory_analysis()
-            return int(a.argument_size_in_bytes + a.output_size_in_bytes
-                       + a.temp_size_in_bytes - a.alias_size_in_bytes)
-
-        pass_ = used(jax.jit(lambda d: jaxlmm.suffstats(d)).lower(d).compile())
-        fit_ = used(jax.jit(lambda s: jaxlmm.fit_stats(s, reml=reml)).lower(st).compile())
+        pass_ = program_bytes(jax.jit(lambda d: jaxlmm.suffstats(d)).lower(d).compile())
+        fit_ = program_bytes(jax.jit(lambda s: jaxlmm.fit_stats(s, reml=reml)).lower(st).compile())
         return {"stats_bytes": _nbytes(st), "inputs_bytes": inputs,
                 "pass_program_bytes": pass_, "fit_program_bytes": fit_}
 

@@ -41,7 +41,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -504,21 +503,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--worker"]:
-        return worker_main(argv[1], argv[2])
-    args = parse_args(argv)
-    sys.path.insert(1, str(REPO / "src"))
-    import run as H
-
-    if args.render:
-        src = Path(args.render)
-        src.with_suffix(".md").write_text(render_md(json.loads(src.read_text())))
-        return 0
+    code, job = RS.script_start(argv, "bootstrap", worker_main, parse_args, render_md)
+    if job is None:
+        return code
+    argv, args, prefix, tmp = job
     started = time.perf_counter()
-    prefix = Path(args.out) if args.out else (HERE / "out" / "bootstrap_quick" if args.quick else HERE / "bootstrap")
-    tmp = Path(tempfile.mkdtemp(prefix="jaxlmm-bootstrap-"))
+    import run as H
     rinfo = H.r_info() if "lme4" in args.methods else {"available": False, "reason": "not selected"}
     jinfo = julia_info()
     log("MixedModels.jl: " + jinfo["reason"])

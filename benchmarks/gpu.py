@@ -80,10 +80,9 @@ def run_one(name: str, formula: str, df, reps: int) -> dict:
     t = time.perf_counter()
     compiled = fit.lower(stats).compile()
     rec["compile_s"] = time.perf_counter() - t
-    ma = compiled.memory_analysis()
-    if ma is not None:
-        rec["fit_program_gib"] = (ma.argument_size_in_bytes + ma.output_size_in_bytes
-                                  + ma.temp_size_in_bytes - ma.alias_size_in_bytes) / 2**30
+    used = memory.program_bytes(compiled)
+    if used is not None:
+        rec["fit_program_gib"] = used / 2**30
     res = _block(compiled(stats))
     rec["fit_stats_s"] = _median_time(lambda: compiled(stats), reps)
     rec.update(objective=float(res.objective), theta=np.asarray(res.theta).tolist(),

@@ -1124,24 +1124,34 @@ def run_report(report: dict, runs, prefix: Path, render, started: float, tmp: Pa
     return 0
 
 
-def main(argv=None) -> int:
+def script_start(argv, name: str, worker_main, parse_args, render_md):
+    """The common start of responses.py and bootstrap.py (``name``): a ``--worker`` call or
+    ``--render`` is done here and gives (exit code, None); otherwise (None, (argv, args,
+    output prefix, temporary directory)), with ``benchmarks/`` and ``src/`` importable."""
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--worker"]:
-        return worker_main(argv[1], argv[2])
+        return worker_main(argv[1], argv[2]), None
     args = parse_args(argv)
     sys.path.insert(0, str(HERE))
     sys.path.insert(1, str(REPO / "src"))
-    import run as H
-
     if args.render:
         src = Path(args.render)
         src.with_suffix(".md").write_text(render_md(json.loads(src.read_text())))
         log(f"rendered {src.with_suffix('.md')}")
-        return 0
+        return 0, None
+    prefix = Path(args.out) if args.out else (
+        HERE / "out" / f"{name}_quick" if args.quick else HERE / name)
+    return None, (argv, args, prefix, Path(tempfile.mkdtemp(prefix=f"jaxlmm-{name}-")))
+
+
+def main(argv=None) -> int:
+    code, job = script_start(argv, "responses", worker_main, parse_args, render_md)
+    if job is None:
+        return code
+    argv, args, prefix, tmp = job
     started = time.perf_counter()
-    prefix = Path(args.out) if args.out else (HERE / "out" / "responses_quick" if args.quick else HERE / "responses")
-    tmp = Path(tempfile.mkdtemp(prefix="jaxlmm-responses-"))
+    import run as H
     log("collecting machine info ...")
     want_r = any(m.startswith("lme4") for m in args.methods)
     rinfo = H.r_info() if want_r else {"available": False, "reason": "not selected"}

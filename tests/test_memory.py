@@ -59,3 +59,18 @@ def test_fit_checks_memory_first(sleepstudy, monkeypatch):
 def test_available_on_cpu():
     free = memory.available()
     assert free is None or free > 0
+
+
+def test_program_bytes_holds_its_arguments():
+    """memory.program_bytes: XLA's accounting of a compiled fit is at least its arguments
+    (the statistics) and the same for the same program."""
+    import jax
+
+    from jaxlmm.memory import _nbytes, program_bytes
+
+    d = jaxlmm.design("Reaction ~ Days + (Days | Subject)", jaxlmm.datasets.load("sleepstudy"))
+    st = jaxlmm.suffstats(d)
+    compiled = jax.jit(lambda s: jaxlmm.fit_stats(s)).lower(st).compile()
+    used = program_bytes(compiled)
+    assert isinstance(used, int) and used >= _nbytes(st)
+    assert program_bytes(compiled) == used

@@ -43,13 +43,18 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_pass_on_four_cpu_devices():
+def _on_four_cpu_devices(script: str) -> None:
+    """Run ``script`` in a fresh process with 4 virtual CPU devices; it must print "ok"."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_sharded_pass_on_four_cpu_devices():
+    _on_four_cpu_devices(SCRIPT)
 
 
 GROUPS_SCRIPT = textwrap.dedent("""
@@ -155,9 +160,4 @@ def test_groups_split_on_four_cpu_devices():
     """shard_stats: the first factor's levels split across 4 virtual devices (padded when
     not divisible), everything else replicated; the compiled criterion is partitioned
     (per-device blocks, all-reduced sums) and the fits equal the single-device ones."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", GROUPS_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    _on_four_cpu_devices(GROUPS_SCRIPT)

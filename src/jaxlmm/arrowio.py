@@ -49,11 +49,12 @@ import pandas as pd
 
 from . import layout
 from .errors import DataError, FormulaError, RowsNotKeptError
-from .formula import ParsedFormula, group_variables, parse_formula, tokenize
+from .formula import group_variables, tokenize
 from .frame import (RANK_TOL, ModelFrame, RandomTerm, _check_finite, _check_levels,
                     _check_weights, _drop_redundant, _factor, _formulaic_inputs, _group_factor,
                     _label, _model_column, _model_matrix, _nan_rows, _numeric_vector,
-                    _offset_values, _PlainSpec, _Prepared, _response, _unknown, _used_columns)
+                    _offset_values, _PlainSpec, _Prepared, _response, _unknown, _used_columns,
+                    mixed_formula)
 from .modeldesign import Design, DesignInfo
 from .pattern import Pattern, index_lists
 from .stats import Scale, Stats, _pass, _rows
@@ -348,12 +349,7 @@ class ArrowStream:
     def __init__(self, formula, source, *, batch_rows=None, weights=None, offset=None):
         self.dataset, self.name, self._files = _as_dataset(source)
         self.batch_rows = _batch_rows(batch_rows)
-        parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
-        if not parsed.random:
-            raise FormulaError(
-                "no random-effects terms specified in formula", parsed.formula,
-                hint="add a term such as (1 | group); for a model without random effects "
-                     "use ordinary least squares")
+        parsed = mixed_formula(formula)
         self.parsed = parsed
         schema = self.dataset.schema
         names = pd.DataFrame(columns=list(schema.names))  # the column names, for the checks
@@ -982,25 +978,14 @@ def fit_dataset(formula, source, *, batch_rows: int | None = None, reml: bool = 
     whose per-row results raise RowsNotKeptError (NotKept)."""
     from . import model
 
-    if devices is not None:
-        from .placement import as_devices
-
-        devices = tuple(as_devices(devices))
     t0 = time.perf_counter()
     stream = ArrowStream(formula, source, batch_rows=batch_rows, weights=weights,
                          offset=offset)
     t1 = time.perf_counter()
     d, stats = stream.stats()
     t2 = time.perf_counter()
-    if progress is None:
-        progress = d.n >= 1_000_000 or d.struct.m_rand >= 2_000
-    placed = stats if devices is None else model._placed(stats, devices)
-    res, notes = model._run(placed, d, reml, start, max_iter, hessian, bool(progress))
-    t3 = time.perf_counter()
-    extra = {} if devices is None else {"devices": devices}
-    m = model.LinearMixedModel(
-        d, res, reml, hessian, data_name if data_name is not None else stream.name,
-        timings={"levels": t1 - t0, "statistics": t2 - t1, "fit": t3 - t2},
-        weights_name=weights, offset_name=offset, max_iter=max_iter, notes=notes, **extra)
-    m.__dict__["stats"] = stats
-    return m
+    return model.fitted(d, stats, {"levels": t1 - t0, "statistics": t2 - t1}, t2, reml=reml,
+                        start=start, max_iter=max_iter, hessian=hessian, progress=progress,
+                        devices=devices,
+                        data_name=data_name if data_name is not None else stream.name,
+                        weights=weights, offset=offset)

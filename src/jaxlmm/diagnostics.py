@@ -65,13 +65,18 @@ BOUND_SADDLE = ("a variance component at 0 has zero gradient but negative curvat
                 "hessian='exact'")
 
 
+def stuck_on_bound(theta, lower, f, g):
+    """Coordinates at a zero lower bound with (near) zero gradient, |g_i| <= 1e-9 (1 + |f|)."""
+    theta, lower, g = (np.asarray(a, float) for a in (theta, lower, g))
+    return (lower == 0.0) & (theta <= 0.0) & (np.abs(g) <= 1e-9 * (1.0 + abs(float(f))))
+
+
 def bound_saddle(theta, lower, f, g, H):
-    """Coordinates at a zero lower bound with (near) zero gradient and clearly negative
-    curvature, H_ii < -1e-6 max(1, max_j |H_jj|): the criterion decreases moving inward."""
-    theta, lower, g, H = (np.asarray(a, float) for a in (theta, lower, g, H))
-    h = np.diagonal(H)
-    stuck = (lower == 0.0) & (theta <= 0.0) & (np.abs(g) <= 1e-9 * (1.0 + abs(float(f))))
-    return stuck & (h < -1e-6 * max(1.0, float(np.max(np.abs(h), initial=0.0))))
+    """Coordinates stuck on their bound (``stuck_on_bound``) with clearly negative curvature,
+    H_ii < -1e-6 max(1, max_j |H_jj|): the criterion decreases moving inward."""
+    h = np.diagonal(np.asarray(H, float))
+    return stuck_on_bound(theta, lower, f, g) & (
+        h < -1e-6 * max(1.0, float(np.max(np.abs(h), initial=0.0))))
 
 
 @partial(jax.jit, static_argnames=("reml",))
@@ -112,14 +117,15 @@ def check(theta, lower, f, g, H, status: int) -> dict:
         notes.append(FLAT.format(ratio=ratio))
     if status == 0 and not (dec <= DECREMENT_TOL):
         notes.append(NOT_STATIONARY.format(dec=dec, tol=DECREMENT_TOL))
-    if np.any(gA < -1e-6 * (1.0 + abs(float(f)))):
+    inward = bool(np.any(gA < -1e-6 * (1.0 + abs(float(f)))))
+    if inward:
         notes.append("a variance component on its bound has a gradient pointing inward: "
                      "the boundary point is not a minimum; refit with hessian='exact'")
-    curved = bound_saddle(theta, lower, f, g, H)
-    if curved.any():
+    curved = bool(bound_saddle(theta, lower, f, g, H).any())
+    if curved:
         notes.append(BOUND_SADDLE)
-    ok = status == 0 and dec <= DECREMENT_TOL and ratio >= -FLAT_TOL and not (
-        np.any(gA < -1e-6 * (1.0 + abs(float(f))))) and not curved.any()
+    ok = (status == 0 and dec <= DECREMENT_TOL and ratio >= -FLAT_TOL and not inward
+          and not curved)
     return _report(ok, dec, rel, eig_min, eig_max, ratio, free, gA, notes, status)
 
 

@@ -130,18 +130,24 @@ class ModelFrame:
 # --------------------------------------------------------------------------
 
 
-def model_frame(formula, data, *, weights=None, offset=None) -> ModelFrame:
-    """Build the host-side design of ``formula`` (lme4 syntax) on ``data``.
-
-    ``weights`` / ``offset`` are a column name or an array of ``len(data)``;
-    ``offset`` is added to the formula's ``offset()`` terms.
-    """
+def mixed_formula(formula) -> ParsedFormula:
+    """``formula`` parsed (or already a ParsedFormula), with at least one random-effects term."""
     parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not parsed.random:
         raise FormulaError(
             "no random-effects terms specified in formula", parsed.formula,
             hint="add a term such as (1 | group); for a model without random effects use "
                  "ordinary least squares")
+    return parsed
+
+
+def model_frame(formula, data, *, weights=None, offset=None) -> ModelFrame:
+    """Build the host-side design of ``formula`` (lme4 syntax) on ``data``.
+
+    ``weights`` / ``offset`` are a column name or an array of ``len(data)``;
+    ``offset`` is added to the formula's ``offset()`` terms.
+    """
+    parsed = mixed_formula(formula)
     frame = _as_frame(data)
     n_in = len(frame)
     used, in_exprs = _used_columns(parsed, frame)

@@ -64,6 +64,17 @@ def _nbytes(tree) -> int:
     return int(sum(a.nbytes for a in jax.tree_util.tree_leaves(tree)))  # numpy or jax arrays
 
 
+def program_bytes(compiled) -> int | None:
+    """Bytes a compiled JAX program holds while it runs, by XLA's own accounting
+    (``compiled.memory_analysis()``): arguments + outputs + temporaries, less the outputs
+    that alias arguments; None where the backend does not report it."""
+    a = compiled.memory_analysis()
+    if a is None:
+        return None
+    return int(a.argument_size_in_bytes + a.output_size_in_bytes + a.temp_size_in_bytes
+               - a.alias_size_in_bytes)
+
+
 def estimate(design, *, dtype=np.float64, chunk_rows: int | None = None,
              on_accelerator: bool = False) -> MemoryEstimate:
     """Memory a fit of ``design`` (modeldesign.Design) needs; see the module docstring."""

@@ -9,7 +9,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from .diagnostics import SINGULAR_TOL
+from .diagnostics import (SINGULAR_TOL, WHAT_TO_TRY, bound_saddle, check, singular_message,
+                          stuck_on_bound, value_grad_hessian)
 from .engine import FitResult, fit_stats, use_exact_hessian
 from . import memory, optimize
 from .errors import DataError
@@ -54,6 +55,10 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
     """
     from . import arrowio
 
+    if devices is not None:
+        from .placement import as_devices
+
+        devices = tuple(as_devices(devices))  # a clear error before any work
     if batch_rows is not None or arrowio.is_source(data):
         if not arrowio.is_source(data):
             raise DataError("batch_rows= reads a Parquet/Arrow source (a path, or a pyarrow "
@@ -65,10 +70,6 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
                                    weights=weights, offset=offset, start=start,
                                    max_iter=max_iter, hessian=hessian, data_name=data_name,
                                    progress=progress, devices=devices)
-    if devices is not None:
-        from .placement import as_devices
-
-        devices = tuple(as_devices(devices))  # a clear error before any work
     t0 = time.perf_counter()
     d = make_design(formula, data, weights=weights, offset=offset)
     t1 = time.perf_counter()
@@ -77,13 +78,23 @@ def fit(formula: str, data, *, reml: bool = True, weights=None, offset=None,
         stats = suffstats(d, chunk_rows=chunk_rows)
     else:
         stats = sharded_suffstats(d, devices)
+    return fitted(d, stats, {"design": t1 - t0}, t1, reml=reml, start=start,
+                  max_iter=max_iter, hessian=hessian, progress=progress, devices=devices,
+                  data_name=data_name, weights=weights, offset=offset)
+
+
+def fitted(d: Design, stats, timings: dict, t_fit: float, *, reml: bool, start, max_iter: int,
+           hessian: str, progress, devices, data_name, weights, offset) -> "LinearMixedModel":
+    """The common end of ``fit`` and arrowio.fit_dataset: the optimum from the statistics
+    (split across ``devices``, if any), wrapped with its names. ``timings`` of the earlier
+    stages get "fit", the time since ``t_fit``; ``progress=None``: on for fits of 1M rows or
+    more, or with a crossed dense block of 2,000 or more."""
     if progress is None:
         progress = d.n >= 1_000_000 or d.struct.m_rand >= 2_000
     res, notes = _run(_placed(stats, devices), d, reml, start, max_iter, hessian,
                       bool(progress))
-    t2 = time.perf_counter()
     m = LinearMixedModel(d, res, reml, hessian, data_name,
-                         timings={"design": t1 - t0, "fit": t2 - t1},
+                         timings=dict(timings, fit=time.perf_counter() - t_fit),
                          weights_name=weights if isinstance(weights, str) else None,
                          offset_name=offset if isinstance(offset, str) else None,
                          max_iter=max_iter, notes=notes, devices=devices)
@@ -154,8 +165,6 @@ def _run(stats, d: Design, reml: bool, start, max_iter: int, hessian: str,
                       "exact Hessian from there",)
             res = newton._replace(theta0=res.theta0)
     if int(res.opt.status) == 3:
-        from .diagnostics import WHAT_TO_TRY
-
         try:
             big = f"largest |response| {float(np.max(np.abs(np.asarray(d.y)), initial=0.0)):.3g}"
         except DataError:  # rows read in batches (arrowio) are not kept
@@ -170,13 +179,8 @@ def _stuck_on_saddle(stats, res, reml: bool) -> bool:
     """Whether the fit ended with a variance at 0, zero gradient there and negative exact
     curvature (diagnostics.bound_saddle); the Hessian is evaluated only when some variance
     is at 0 with zero gradient."""
-    from .diagnostics import bound_saddle, value_grad_hessian
-
-    lower = np.asarray(stats.struct.lower, float)
-    g = np.asarray(res.opt.grad, float)
-    f = float(res.opt.fun)
-    if not np.any((lower == 0.0) & (np.asarray(res.theta) <= 0.0)
-                  & (np.abs(g) <= 1e-9 * (1.0 + abs(f)))):
+    lower = stats.struct.lower
+    if not stuck_on_bound(res.theta, lower, float(res.opt.fun), res.opt.grad).any():
         return False
     f, g, H = value_grad_hessian(res.theta, stats, reml)
     return bool(bound_saddle(res.theta, lower, float(f), g, H).any())
@@ -372,8 +376,6 @@ class LinearMixedModel:
     def diagnostics(self) -> dict:
         """Convergence check at the optimum (diagnostics.check): Newton decrement, Hessian
         eigenvalues of the free parameters, gradient on the bounds, notes and what to try."""
-        from .diagnostics import check, value_grad_hessian
-
         f, g, H = _to_host(value_grad_hessian(self.theta, self.stats, self.reml))
         return check(self.theta, self.lower, f, g, H, int(self.result.opt.status))
 
@@ -381,8 +383,6 @@ class LinearMixedModel:
     def messages(self) -> list[str]:
         """Notes on the fit: model-frame notes, singular components, convergence problems
         and what to try (empty for a clean fit)."""
-        from .diagnostics import singular_message
-
         msgs = list(self.frame.messages) + list(self.notes)
         if self.is_singular:
             msgs.append(singular_message(self.singular_components))

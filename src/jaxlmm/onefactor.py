@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from . import smallblock as sb
 from .autodiff import Derivatives
 from .dense import dense_logdets
-from .pls import templates
+from .pls import template_cells, templates
 from .stats import Stats
 
 
@@ -45,7 +45,6 @@ def _levels(theta, stats: Stats, grad: bool):
     A, e = stats.D[0], stats.E[0]
     q = T.shape[0]
     L = sb.cholesky(sb.congruence(A, T) + jnp.eye(q, dtype=theta.dtype))
-    W = sb.solve_rt(T, L)  # T L^-T
     # e T L^-T (S = sum EW EW') as pls.py forms it, e T first: with theta far out (1e8 and
     # more) S cancels M's leading entries to rounding, and e (T L^-T) rounded them below 0
     EW = sb.solve_rt(sb.matmul(e, T), L)
@@ -54,7 +53,7 @@ def _levels(theta, stats: Stats, grad: bool):
     logdet = 2.0 * sb.log_diag_sum(L)
     if not grad:
         return T, logdet, S, None, None
-    V = sb.solve_r(W, L)  # T D^-1
+    V = sb.solve_r(sb.solve_rt(T, L), L)  # T L^-T L^-1 = T D^-1
     P = sb.matmul(e, V)
     X = e - sb.matmul(P, sb.matmul_tn(T, A))
     # sums over the levels as matrix products (XLA:CPU reduces a (G, q, q) stack over G
@@ -83,10 +82,7 @@ def value_grad(theta, stats: Stats, reml: bool = True):
     f, (d_ld, d_S) = jax.value_and_grad(_phi, argnums=(0, 1))(logdet, S, stats, reml)
     gam = 0.5 * (d_S + d_S.T)  # dPhi/dS = -Gamma
     gT = d_ld * glog + 2.0 * jnp.einsum("ab,aibj->ij", gam, J)
-    entries = stats.struct.templates[0]
-    idx = jnp.array([t for t, _, _ in entries], dtype=jnp.int32)
-    rows = jnp.array([r for _, r, _ in entries], dtype=jnp.int32)
-    cols = jnp.array([c for _, _, c in entries], dtype=jnp.int32)
+    idx, rows, cols = template_cells(stats.struct.templates[0])
     return f, jnp.zeros_like(theta).at[idx].add(gT[rows, cols])
 
 

@@ -38,13 +38,16 @@ class Factorization(NamedTuple):
     LM: jax.Array  # (m, m) dense lower factor of the Schur complement
 
 
+def template_cells(entries):
+    """(theta index, row, column) arrays of a factor's template entries (Structure.templates)."""
+    return tuple(jnp.array([e[i] for e in entries], dtype=jnp.int32) for i in range(3))
+
+
 def templates(theta, struct):
     """Lower-triangular template T_k for each factor from the theta vector."""
     out = []
     for (G, q), entries in zip(struct.factors, struct.templates):
-        idx = jnp.array([e[0] for e in entries], dtype=jnp.int32)
-        rows = jnp.array([e[1] for e in entries], dtype=jnp.int32)
-        cols = jnp.array([e[2] for e in entries], dtype=jnp.int32)
+        idx, rows, cols = template_cells(entries)
         out.append(jnp.zeros((q, q), theta.dtype).at[rows, cols].set(theta[idx]))
     return tuple(out)
 
