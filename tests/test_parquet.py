@@ -239,6 +239,10 @@ def test_errors(tmp_path, sleepstudy):
     path = _write(sleepstudy, tmp_path / "ss.parquet", 90)
     with pytest.raises(DataError, match="column 'Dayz' .* not found in data; did you mean 'Days'"):
         jaxlmm.fit("Reaction ~ Dayz + (1 | Subject)", path, batch_rows=50)
+    with pytest.raises(FormulaError, match="no random-effects terms"):
+        jaxlmm.fit("Reaction ~ Days", path, batch_rows=50)
+    with pytest.raises(TypeError, match="devices must be a list of JAX devices"):
+        jaxlmm.fit("Reaction ~ Days + (1 | Subject)", path, devices="cpu")
     with pytest.raises(DataError, match="column 'Subjct' .*grouping factor"):
         jaxlmm.fit("Reaction ~ Days + (1 | Subjct)", path, batch_rows=50)
     with pytest.raises(DataError, match="column 'ww' .*weights="):
